@@ -1,0 +1,26 @@
+"""iformer_mm: the Inception Transformer (iFormer) for timm, MMDetection 3.x and MMSegmentation 1.x.
+
+``import iformer_mm`` registers, for whatever is installed:
+
+* the OpenMMLab backbone ``iformer_mm.IFormer`` (needs mmengine + mmcv; never imports mmdet/mmseg);
+* the timm models ``iformer_{small,base,large}[_384]`` (needs timm).
+
+The core model (:class:`InceptionTransformer`) and the checkpoint loader need only torch.
+"""
+import importlib.util as _util
+
+from .checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained
+from .models import ARCH_SETTINGS, InceptionTransformer, resolve_arch
+from .version import __version__
+
+__all__ = ['ARCH_SETTINGS', 'CheckpointError', 'InceptionTransformer', 'LoadReport',
+           'load_checkpoint_file', 'load_pretrained', 'resolve_arch', '__version__']
+
+if _util.find_spec('mmengine') is not None:
+    from .models.backbone import IFormer  # noqa: F401  (registers iformer_mm.IFormer)
+    __all__.append('IFormer')
+
+if _util.find_spec('timm') is not None:
+    from .utils.compat import ensure_torchvision_importable as _fix_tv
+    _fix_tv()
+    from .models import timm_models  # noqa: F401  (registers the timm model names)

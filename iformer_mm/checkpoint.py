@@ -1,0 +1,255 @@
+"""The one checkpoint loader of the package (timm classifier, OpenMMLab backbone, tools).
+
+Accepted sources, all loaded with ``torch.load(weights_only=True)`` (a checkpoint never runs
+code): the authors' plain ``state_dict`` files, timm training checkpoints (``state_dict`` /
+``state_dict_ema`` / ``model`` / ``model_ema``, ``module.`` prefixes), our classification
+checkpoints and converted backbones, and MMDetection/MMSegmentation checkpoints (the
+``backbone.`` sub-dict is taken). Position tables are resized to the target model;
+classifier keys are dropped when the target has no classifier. Every load reports exactly
+which keys were loaded, resized, dropped, missing and unexpected, and raises
+:class:`CheckpointError` with a fix when nothing or the wrong variant matched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .models.iformer import ARCH_SETTINGS, resize_pos_embed
+
+__all__ = [
+    'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
+    'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
+]
+
+logger = logging.getLogger('iformer_mm')
+
+StateDict = Dict[str, torch.Tensor]
+# Keys a classification checkpoint has that a backbone (no classifier) does not.
+HEAD_KEY_RE = re.compile(r'^(head|norm)\.')
+POS_EMBED_RE = re.compile(r'^pos_embed\d$')
+_CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with the reason and the fix in the message."""
+
+
+@dataclass
+class LoadReport:
+    """What a load did: key lists, so logs and tests can state it exactly."""
+
+    source: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    resized: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=dict)
+    dropped: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f'Loaded {len(self.loaded)} tensors from {self.source}']
+        lines += [f'  note: {n}' for n in self.notes]
+        for k, (a, b) in self.resized.items():
+            lines.append(f'  resized {k}: {list(a)} -> {list(b)}')
+        if self.dropped:
+            lines.append(f'  dropped (not part of this model by design): {_short(self.dropped)}')
+        lines.append(f'  missing (left at init): {_short(self.missing) if self.missing else "none"}')
+        lines.append(f'  unexpected (ignored): {_short(self.unexpected) if self.unexpected else "none"}')
+        return '\n'.join(lines)
+
+
+def _short(keys: List[str], n: int = 12) -> str:
+    return ', '.join(keys[:n]) + (f' ... (+{len(keys) - n} more)' if len(keys) > n else '')
+
+
+def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = 'cpu') -> Any:
+    """Read a checkpoint file safely (``weights_only=True``; ``.safetensors`` supported).
+
+    Raises:
+        CheckpointError: the file is missing, truncated/corrupt, or holds Python objects that
+            safe loading refuses (such a file is never unpickled).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f'checkpoint file not found: {path!r}. Download the weights (see '
+            'configs/*/README.md) or set the path, e.g. '
+            "--cfg-options model.backbone.init_cfg.checkpoint=/path/to/iformer_small.pth")
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise CheckpointError(f'{path} is a .safetensors file: pip install safetensors') from e
+        try:
+            return load_file(path, device=str(map_location))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f'{path} is not a readable safetensors file ({e}); re-download it') from e
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f'{path} was refused by safe loading (weights_only=True): it contains Python objects '
+            f'beyond tensors and plain containers, and unpickling them could run code.\n  detail: '
+            f'{str(e).splitlines()[0]}\n  fix: if this is a checkpoint *you* trained, convert it once '
+            'with tools/model_converters/iformer_to_mm.py (it keeps only the tensors); never load a '
+            'downloaded file unsafely.') from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(
+            f'{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+            f'size {os.path.getsize(path)} bytes. Re-download or re-save it.') from e
+
+
+def _strip(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def extract_state_dict(obj: Any, use_ema: bool = True) -> Tuple[StateDict, List[str]]:
+    """Find the iFormer weights inside any supported checkpoint layout.
+
+    Returns:
+        ``(state_dict, notes)``: tensors keyed like :class:`InceptionTransformer`, and what
+        was unwrapped (for the load report).
+    """
+    notes: List[str] = []
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f'checkpoint is a {type(obj).__name__}, not a dict of tensors')
+    for _ in range(3):  # nested containers, e.g. {'model': {'state_dict': ...}}
+        keys = [k for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)]
+        if not use_ema:
+            keys = [k for k in keys if 'ema' not in k]
+        if not keys:
+            break
+        notes.append(f"took '{keys[0]}'")
+        obj = obj[keys[0]]
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f'checkpoint holds no tensors (top-level keys: {_short(list(obj))})')
+    for prefix in ('module.', '_orig_mod.'):
+        if all(k.startswith(prefix) for k in sd):
+            sd = _strip(sd, prefix)
+            notes.append(f"stripped '{prefix}'")
+    for prefix in ('backbone.', 'model.', 'encoder.'):
+        if any(k.startswith(prefix) for k in sd) and not any(k.startswith('blocks1.') for k in sd):
+            sub = _strip(sd, prefix)
+            if any(k.startswith('blocks1.') for k in sub):
+                notes.append(f"took the '{prefix}' sub-dict ({len(sub)} of {len(sd)} tensors)")
+                sd = sub
+                break
+    return sd, notes
+
+
+def infer_arch(sd: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+    """Depths and dims of the iFormer that produced ``sd`` (``None`` if it is not one)."""
+    depths, dims = [], []
+    for i in range(1, 5):
+        idx = {int(m.group(1)) for k in sd for m in [re.match(rf'^blocks{i}\.(\d+)\.', k)] if m}
+        depths.append(max(idx) + 1 if idx else 0)
+        key = f'blocks{i}.0.norm1.weight'
+        dims.append(int(sd[key].shape[0]) if key in sd else 0)
+    if not any(depths):
+        return None
+    name = next((n for n, a in ARCH_SETTINGS.items()
+                 if tuple(a['depths']) == tuple(depths) and tuple(a['embed_dims']) == tuple(dims)), None)
+    return dict(name=name, depths=tuple(depths), embed_dims=tuple(dims))
+
+
+def _describe(arch: Optional[Mapping[str, Any]]) -> str:
+    if arch is None:
+        return 'not an iFormer'
+    label = f"iFormer-{arch['name']}" if arch.get('name') else 'a custom iFormer'
+    return f"{label} (depths {list(arch['depths'])}, dims {list(arch['embed_dims'])})"
+
+
+def _variant_differs(ckpt: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
+    """Compare only the stages the model has (a pruned backbone lacks the last ones)."""
+    return any(m_depth and (c_depth, c_dim) != (m_depth, m_dim) for c_depth, c_dim, m_depth, m_dim in zip(
+        ckpt['depths'], ckpt['embed_dims'], model['depths'], model['embed_dims']))
+
+
+def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport) -> StateDict:
+    """Fit ``sd`` to ``model``: resize position tables, drop keys the model lacks by design.
+
+    Raises:
+        CheckpointError: the checkpoint is of another variant, or matches nothing.
+    """
+    target = model.state_dict()
+    ckpt_arch, model_arch = infer_arch(sd), infer_arch(target)
+    if ckpt_arch is None or not (set(sd) & set(target)):
+        raise CheckpointError(
+            f'{report.source}: no key matches the model ({_describe(ckpt_arch)}; first keys: '
+            f'{_short(sorted(sd), 5)}). Expected an iFormer checkpoint: the authors\' .pth, a timm/'
+            'iformer_mm classification checkpoint, or an mmdet/mmseg checkpoint with a backbone.')
+    if model_arch and _variant_differs(ckpt_arch, model_arch):
+        raise CheckpointError(
+            f'{report.source} holds {_describe(ckpt_arch)} weights but the model is '
+            f'{_describe(model_arch)}. Build the model with arch={ckpt_arch.get("name") or "<matching dict>"!r} '
+            'or use the checkpoint of the matching variant.')
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k not in target:
+            if HEAD_KEY_RE.match(k) or k.startswith('head_drop'):
+                report.dropped.append(k)
+            else:
+                report.unexpected.append(k)
+            continue
+        want = tuple(target[k].shape)
+        if POS_EMBED_RE.match(k) and tuple(v.shape) != want:
+            if v.ndim != 4 or v.shape[0] != 1 or v.shape[-1] != want[-1]:
+                raise CheckpointError(f'{k}: checkpoint shape {list(v.shape)} cannot be resized to {list(want)}')
+            report.resized[k] = (tuple(v.shape), want)
+            v = resize_pos_embed(v.float(), want[1:3]).to(v.dtype)
+        elif tuple(v.shape) != want:
+            raise CheckpointError(
+                f'{report.source}: {k} has shape {list(v.shape)} in the checkpoint but '
+                f'{list(want)} in the model ({_describe(ckpt_arch)} vs {_describe(model_arch)}). '
+                'Check arch / num_classes / in_chans against the checkpoint.')
+        out[k] = v
+    report.missing = sorted(set(target) - set(out))
+    report.loaded = sorted(out)
+    return out
+
+
+def load_state_dict_into(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
+                         strict: bool = True, use_ema: bool = True,
+                         allowed_missing: Iterable[str] = ()) -> LoadReport:
+    """Load a checkpoint (path or already-read dict) into an iFormer model.
+
+    Args:
+        model: an :class:`InceptionTransformer` (or a subclass, e.g. the mm backbone).
+        checkpoint: a file path or a loaded checkpoint object.
+        strict: raise if any model key stays missing (``allowed_missing`` patterns excepted),
+            or any checkpoint key is unexpected.
+        use_ema: prefer EMA weights when the checkpoint has them.
+        allowed_missing: regexes of model keys that may stay at init (e.g. a new head).
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else '<state_dict>'
+    obj = load_checkpoint_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    report = LoadReport(source=source)
+    sd, report.notes = extract_state_dict(obj, use_ema=use_ema)
+    sd = adapt_state_dict(sd, model, report)
+    allowed = [re.compile(p) for p in allowed_missing]
+    bad_missing = [k for k in report.missing if not any(p.search(k) for p in allowed)]
+    if strict and (bad_missing or report.unexpected):
+        raise CheckpointError(
+            f'{source} does not match the model strictly.\n  missing: {_short(bad_missing) or "none"}\n'
+            f'  unexpected: {_short(report.unexpected) or "none"}')
+    model.load_state_dict(sd, strict=False)
+    return report
+
+
+def load_pretrained(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
+                    strict: bool = True, use_ema: bool = True, log: Optional[logging.Logger] = None,
+                    allowed_missing: Iterable[str] = ()) -> LoadReport:
+    """:func:`load_state_dict_into` plus a log of the report."""
+    report = load_state_dict_into(model, checkpoint, strict=strict, use_ema=use_ema,
+                                  allowed_missing=allowed_missing)
+    (log or logger).info(report.summary())
+    return report
