@@ -159,6 +159,40 @@ class DropPath(nn.Module):
         return f'drop_prob={self.drop_prob:.3f}'
 
 
+def _gelu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Exact (erf) GELU; in place when no autograd graph needs the input (saves a fresh
+    allocation, which on CPU costs more page faults than the GELU itself)."""
+    return torch.ops.aten.gelu_(x) if inplace else F.gelu(x)
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), w, b)`` that saves ``h`` only and recomputes ``gelu(h)`` for backward.
+
+    The MLP's hidden activations are the largest tensors a block stores for backward (4C
+    per token, twice: before and after the GELU). Keeping one of them and recomputing the
+    GELU (elementwise, cheap next to the two matmuls) cuts the MLP's stored memory by ~45%.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        h, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        go2 = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_w = go2.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = go2.sum(0)
+        grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h) if ctx.needs_input_grad[0] else None
+        return grad_h, grad_w, grad_b
+
+
 class Mlp(nn.Module):
     """Linear C->hC, GELU, Linear hC->C on channels-last tokens."""
 
@@ -170,6 +204,16 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as :meth:`forward`, less memory: GELU in place without autograd,
+        recomputed in backward with it (TorchScript/ONNX tracing takes the plain path)."""
+        h = self.fc1(x)
+        if not torch.is_grad_enabled():
+            return self.fc2(_gelu(h, True))
+        if torch.jit.is_scripting() or torch.jit.is_tracing():
+            return self.fc2(F.gelu(h))
+        return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)
 
 
 class HighMixer(nn.Module):
@@ -192,6 +236,19 @@ class HighMixer(nn.Module):
         px = F.max_pool2d(x[:, self.split:], 3, stride=1, padding=1)
         px = F.gelu(self.proj2(px))
         return cx, px
+
+    def forward_cl(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Channels-last version of :meth:`forward`: ``(B, H, W, dim)`` in, two
+        ``(B, H, W, dim)`` out. The 1x1 convs run as matmuls over channels (no layout
+        copies, no slow conv backward); the 3x3s run on channels-last memory."""
+        dim, half = self.proj1.out_channels, self.split
+        inplace = not torch.is_grad_enabled()
+        cx = F.linear(x[..., :half], self.conv1.weight.view(dim, half))
+        cx = F.conv2d(cx.permute(0, 3, 1, 2), self.proj1.weight, padding=1, groups=dim)
+        cx = _gelu(cx, inplace).permute(0, 2, 3, 1)
+        px = F.max_pool2d(x[..., half:].permute(0, 3, 1, 2), 3, stride=1, padding=1)
+        px = F.linear(px.permute(0, 2, 3, 1), self.proj2.weight.view(dim, half), self.proj2.bias)
+        return cx, _gelu(px, inplace)
 
 
 class LowMixer(nn.Module):
@@ -259,6 +316,13 @@ class LowMixer(nn.Module):
         out = out.transpose(1, 2).reshape(B, nwh, nww, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
         return out.reshape(B, Hp, Wp, C)[:, :h, :w]
 
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention over a channels-last map, global or windowed."""
+        ws = self.window_size
+        if ws is None or (x.shape[1] <= ws and x.shape[2] <= ws):
+            return self._global(x)
+        return self._windowed(x, ws)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: channels-last ``(B, H, W, C)`` low-frequency channels. Returns NCHW ``(B, C, H, W)``."""
         H, W = x.shape[1:3]
@@ -267,19 +331,36 @@ class LowMixer(nn.Module):
             # the valid pixels (count_include_pad=False), as the golden cases pin.
             x = F.avg_pool2d(x.permute(0, 3, 1, 2), 2, 2, ceil_mode=True,
                              count_include_pad=False).permute(0, 2, 3, 1)
-        ws = self.window_size
-        if ws is None or (x.shape[1] <= ws and x.shape[2] <= ws):
-            out = self._global(x)
-        else:
-            out = self._windowed(x, ws)
-        out = out.permute(0, 3, 1, 2)
+        out = self._tokens(x).permute(0, 3, 1, 2)
         if self.pool:
             out = F.interpolate(out, scale_factor=2.0, mode='nearest')[:, :, :H, :W]
         return out
 
+    def forward_cl(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-last attention output *before* the 2x upsample: ``(B, h, w, C)``.
+
+        The pooled map is small and cheap to keep for backward; the caller upsamples it
+        (inside its recomputed region) so the full-resolution copy is never stored.
+        """
+        if self.pool:
+            # contiguous() makes the slice a channels-last map, so the pool runs on the
+            # channels-last kernel and its output needs no copy before the qkv matmul.
+            x = F.avg_pool2d(x.contiguous().permute(0, 3, 1, 2), 2, 2, ceil_mode=True,
+                             count_include_pad=False).permute(0, 2, 3, 1)
+        return self._tokens(x)
+
     def extra_repr(self) -> str:
         return (f'dim={self.dim}, num_heads={self.num_heads}, pool={self.pool}, '
                 f'attn_impl={self.attn_impl}, window_size={self.window_size}')
+
+
+def _upsample2x_cl(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Nearest 2x upsample of a channels-last map, cropped to ``size`` (odd maps)."""
+    B, h, w, C = x.shape
+    up = x[:, :, None, :, None, :].expand(B, h, 2, w, 2, C).reshape(B, 2 * h, 2 * w, C)
+    if 2 * h != size[0] or 2 * w != size[1]:
+        up = up[:, :size[0], :size[1]]
+    return up
 
 
 class InceptionMixer(nn.Module):
@@ -288,6 +369,12 @@ class InceptionMixer(nn.Module):
     Input channels ``[0, C_h)`` go to :class:`HighMixer`, ``[C_h, C)`` to :class:`LowMixer`;
     the branch outputs ``[conv (C_h), pool (C_h), attention (C_l)]`` are fused by a residual
     depthwise 3x3 and projected back to ``C`` by a 1x1.
+
+    With ``attn_impl='fused'`` the mixer runs channels-last end to end (1x1 convs as
+    matmuls, one concat, no layout copies) and, when training, recomputes its cheap local
+    part (conv/pool branches, fuse, projection) in backward instead of storing it; only the
+    attention output is kept. ``attn_impl='naive'`` keeps the reference data flow of the
+    authors' implementation (NCHW branches, explicit attention) as the baseline.
     """
 
     def __init__(self, dim: int, attention_heads: int, head_dim: int = 32, pool: bool = False,
@@ -300,9 +387,34 @@ class InceptionMixer(nn.Module):
         fused = 2 * self.high_dim + self.low_dim
         self.conv_fuse = nn.Conv2d(fused, fused, 3, padding=1, groups=fused, bias=False)
         self.proj = nn.Conv2d(fused, dim, 1)
+        # Recompute the local part in backward (fused path only); plain attribute, not an
+        # argument: benchmarks switch it off to measure what it buys.
+        self.recompute_local = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: channels-last ``(B, H, W, C)``; returns the same layout."""
+        if self.low_mixer.attn_impl == 'naive':
+            return self.forward_reference(x)
+        x = x.contiguous()
+        lx = self.low_mixer.forward_cl(x[..., self.high_dim:])
+        if (self.recompute_local and self.training and torch.is_grad_enabled()
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
+            return checkpoint(self._local, x, lx, use_reentrant=False)
+        return self._local(x, lx)
+
+    def _local(self, x: torch.Tensor, lx: torch.Tensor) -> torch.Tensor:
+        """Conv and pool branches, concat with the attention output, fuse, project."""
+        cx, px = self.high_mixer.forward_cl(x[..., :self.high_dim])
+        if self.low_mixer.pool:
+            lx = _upsample2x_cl(lx, x.shape[1:3])
+        y = torch.cat((cx, px, lx), dim=-1)
+        z = F.conv2d(y.permute(0, 3, 1, 2), self.conv_fuse.weight, padding=1,
+                     groups=y.shape[-1]).permute(0, 2, 3, 1)
+        z = z.add_(y) if not torch.is_grad_enabled() else z + y
+        return F.linear(z, self.proj.weight.view(self.proj.out_channels, -1), self.proj.bias)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' data flow: NCHW branches, concat, fuse, 1x1 conv."""
         nchw = x.permute(0, 3, 1, 2)  # a view: channels-last memory, no copy
         cx, px = self.high_mixer(nchw[:, :self.high_dim])
         lx = self.low_mixer(x[..., self.high_dim:])
@@ -331,6 +443,22 @@ class Block(nn.Module):
             self.layer_scale_1 = self.layer_scale_2 = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn.low_mixer.attn_impl == 'naive':
+            return self.forward_reference(x)
+        # Same arithmetic as the reference (a + x == x + a exactly); without autograd the
+        # residual adds and layer scales run in place on fresh tensors.
+        inplace = not torch.is_grad_enabled()
+        a = self.attn(self.norm1(x))
+        if self.layer_scale_1 is not None:
+            a = a.mul_(self.layer_scale_1) if inplace else self.layer_scale_1 * a
+        x = a.add_(x) if inplace else x + self.drop_path(a)
+        m = self.mlp.forward_fast(self.norm2(x))
+        if self.layer_scale_2 is not None:
+            m = m.mul_(self.layer_scale_2) if inplace else self.layer_scale_2 * m
+        return m.add_(x) if inplace else x + self.drop_path(m)
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' block (used with ``attn_impl='naive'``, the baseline)."""
         a = self.attn(self.norm1(x))
         if self.layer_scale_1 is not None:
             a = self.layer_scale_1 * a

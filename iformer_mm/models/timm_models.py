@@ -65,7 +65,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InceptionTransformer
     """
     sd, notes = extract_state_dict(state_dict)
     report = LoadReport(source='pretrained', notes=notes)
-    out = adapt_state_dict(sd, model, report)
+    # A classifier of another size is timm's to handle (it drops it when num_classes differs).
+    out = adapt_state_dict(sd, model, report, reinit_head=True)
     logger.info(report.summary())
     if report.unexpected:
         raise CheckpointError(f'checkpoint has keys this model does not: {report.unexpected[:8]}; '
