@@ -17,16 +17,11 @@ setup(
     packages=find_packages(include=['iformer_mm', 'iformer_mm.*']),
     py_modules=['iformer_mm_tvfix'],
     python_requires='>=3.8',
-    # torch is deliberately unpinned-but-bounded here: pins that admit a newer torch make pip pull
-    # a CUDA build on CPU machines. tools/install.sh installs the tested stack in the right order.
-    install_requires=['torch>=1.13', 'numpy'],
-    extras_require={
-        'mm': ['mmengine>=0.10.0,<1.0', 'mmcv>=2.0.0,<2.2.0'],
-        'det': ['mmdet>=3.0.0,<3.4', 'pycocotools'],
-        'seg': ['mmsegmentation>=1.0.0,<1.3', 'ftfy', 'regex'],
-        'timm': ['timm>=1.0.9'],
-        'tests': ['pytest', 'pytest-timeout'],
-    },
+    # torch, torchvision, mmcv and timm are deliberately not declared: on CPU machines any
+    # requirement that admits a newer torch makes pip pull a multi-GB CUDA build, and mmcv must be
+    # built against the installed torch. tools/install.sh installs the tested stack in order.
+    install_requires=['numpy', 'packaging'],
+    extras_require={'tests': ['pytest', 'pytest-timeout']},
     license='Apache-2.0',
     classifiers=['License :: OSI Approved :: Apache Software License', 'Programming Language :: Python :: 3'],
 )

@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -35,6 +34,8 @@ StateDict = Dict[str, torch.Tensor]
 # Keys a classification checkpoint has that a backbone (no classifier) does not.
 HEAD_KEY_RE = re.compile(r'^(head|norm)\.')
 POS_EMBED_RE = re.compile(r'^pos_embed\d$')
+# Stage modules a backbone may not build (stages after its last output index).
+STAGE_KEY_RE = re.compile(r'^((?:blocks|patch_embed|pos_embed)[2-4])(?:\.|$)')
 _CONTAINER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
 
 
@@ -95,16 +96,66 @@ def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Union[str,
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        raise _refused(path, e) from e
+    except Exception as e:  # noqa: BLE001 - any parse failure of the bytes means a broken file
+
         raise CheckpointError(
-            f'{path} was refused by safe loading (weights_only=True): it contains Python objects '
-            f'beyond tensors and plain containers, and unpickling them could run code.\n  detail: '
-            f'{str(e).splitlines()[0]}\n  fix: if this is a checkpoint *you* trained, convert it once '
-            'with tools/model_converters/iformer_to_mm.py (it keeps only the tensors); never load a '
-            'downloaded file unsafely.') from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(
-            f'{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}); '
+            f'{path} is truncated or corrupt ({type(e).__name__}: {_first_sentence(e)}); '
             f'size {os.path.getsize(path)} bytes. Re-download or re-save it.') from e
+
+
+def _first_sentence(e: Exception) -> str:
+    """torch's zip errors run to several sentences; the first says what broke."""
+    text = (str(e).strip().splitlines() or [''])[0]
+    return text.split('. ')[0][:160]
+
+
+_GLOBAL_RE = re.compile(r'Unsupported global: GLOBAL ([\w.]+)')
+
+
+def _refused(path: str, e: Exception) -> CheckpointError:
+    """Say *why* safe loading refused ``path``: a Python object it names, or not a checkpoint."""
+    text = str(e)
+    m = _GLOBAL_RE.search(text)
+    if m is None:  # the unpickler met bytes it cannot parse at all
+        with open(path, 'rb') as f:
+            head = f.read(16)
+        return CheckpointError(
+            f'{path} is not a PyTorch checkpoint (corrupt, or another file type; first bytes '
+            f'{head!r}, size {os.path.getsize(path)} bytes). Re-download it; a failed download '
+            'often saves an HTML error page under the .pth name.')
+    name = m.group(1)
+    if name.startswith(('mmengine.', 'numpy.')):
+        hint = ('it looks like an mmengine training checkpoint (optimizer/logger state). To resume '
+                'or test it use tools/train.py --resume / tools/test.py, which trust only the '
+                'checkpoint classes in docs/reliability.md; to use its weights as pretrained weights '
+                'convert it once to a plain state_dict with tools/model_converters/.')
+    else:
+        hint = ('nothing in a weights file needs it, so it was not unpickled: the file may be '
+                'malicious. Use the official weights, or re-save a model you trust as a plain '
+                'state_dict (torch.save(model.state_dict(), path)).')
+    return CheckpointError(
+        f'{path} was refused by safe loading (weights_only=True): it references the Python '
+        f'object {name!r}, and unpickling it could run code; {hint}')
+
+
+def explain_load_error(exc: BaseException, path: Optional[str]) -> Optional[str]:
+    """One clear message for a checkpoint that mmengine's loader (resume / load_from / testing)
+    failed on, or ``None`` when ``exc`` is not a checkpoint-reading error.
+
+    torch's own text for a refused file suggests ``weights_only=False``; ours says what the file
+    holds and never recommends disabling safe loading.
+    """
+    name = path or 'the checkpoint'
+    if isinstance(exc, pickle.UnpicklingError):
+        if path and os.path.isfile(path):
+            return str(_refused(path, exc))
+        return f'{name} was refused by safe loading (weights_only=True): {_first_sentence(exc)}'
+    if isinstance(exc, (RuntimeError, EOFError)) and (
+            'PytorchStreamReader' in str(exc) or isinstance(exc, EOFError)):
+        return (f'{name} is truncated or corrupt ({_first_sentence(exc)}). Resume from an earlier '
+                'checkpoint (iter_N.pth / epoch_N.pth in the work dir) or re-download it.')
+    return None
 
 
 def _strip(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
@@ -174,8 +225,12 @@ def _variant_differs(ckpt: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
         ckpt['depths'], ckpt['embed_dims'], model['depths'], model['embed_dims']))
 
 
-def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport) -> StateDict:
+def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport, reinit_head: bool = False) -> StateDict:
     """Fit ``sd`` to ``model``: resize position tables, drop keys the model lacks by design.
+
+    Args:
+        reinit_head: when the classifier's shape differs (another ``num_classes``), leave the
+            model's freshly initialised head instead of raising (noted in the report).
 
     Raises:
         CheckpointError: the checkpoint is of another variant, or matches nothing.
@@ -195,7 +250,8 @@ def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport) -> Sta
     out: StateDict = {}
     for k, v in sd.items():
         if k not in target:
-            if HEAD_KEY_RE.match(k) or k.startswith('head_drop'):
+            stage = STAGE_KEY_RE.match(k)
+            if HEAD_KEY_RE.match(k) or (stage and not hasattr(model, stage.group(1))):
                 report.dropped.append(k)
             else:
                 report.unexpected.append(k)
@@ -206,6 +262,10 @@ def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport) -> Sta
                 raise CheckpointError(f'{k}: checkpoint shape {list(v.shape)} cannot be resized to {list(want)}')
             report.resized[k] = (tuple(v.shape), want)
             v = resize_pos_embed(v.float(), want[1:3]).to(v.dtype)
+        elif tuple(v.shape) != want and reinit_head and k.startswith('head.'):
+            report.notes.append(f'classifier re-initialised: checkpoint {k} {list(v.shape)}, model {list(want)}')
+            report.dropped.append(k)
+            continue
         elif tuple(v.shape) != want:
             raise CheckpointError(
                 f'{report.source}: {k} has shape {list(v.shape)} in the checkpoint but '
@@ -219,7 +279,7 @@ def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport) -> Sta
 
 def load_state_dict_into(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
                          strict: bool = True, use_ema: bool = True,
-                         allowed_missing: Iterable[str] = ()) -> LoadReport:
+                         allowed_missing: Iterable[str] = (), reinit_head: bool = False) -> LoadReport:
     """Load a checkpoint (path or already-read dict) into an iFormer model.
 
     Args:
@@ -229,13 +289,14 @@ def load_state_dict_into(model: nn.Module, checkpoint: Union[str, os.PathLike, M
             or any checkpoint key is unexpected.
         use_ema: prefer EMA weights when the checkpoint has them.
         allowed_missing: regexes of model keys that may stay at init (e.g. a new head).
+        reinit_head: a classifier of another size is left at init instead of raising.
     """
     source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else '<state_dict>'
     obj = load_checkpoint_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     report = LoadReport(source=source)
     sd, report.notes = extract_state_dict(obj, use_ema=use_ema)
-    sd = adapt_state_dict(sd, model, report)
-    allowed = [re.compile(p) for p in allowed_missing]
+    sd = adapt_state_dict(sd, model, report, reinit_head=reinit_head)
+    allowed = [re.compile(p) for p in allowed_missing] + ([re.compile(r'^head\.')] if reinit_head else [])
     bad_missing = [k for k in report.missing if not any(p.search(k) for p in allowed)]
     if strict and (bad_missing or report.unexpected):
         raise CheckpointError(
@@ -247,9 +308,9 @@ def load_state_dict_into(model: nn.Module, checkpoint: Union[str, os.PathLike, M
 
 def load_pretrained(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
                     strict: bool = True, use_ema: bool = True, log: Optional[logging.Logger] = None,
-                    allowed_missing: Iterable[str] = ()) -> LoadReport:
+                    allowed_missing: Iterable[str] = (), reinit_head: bool = False) -> LoadReport:
     """:func:`load_state_dict_into` plus a log of the report."""
     report = load_state_dict_into(model, checkpoint, strict=strict, use_ema=use_ema,
-                                  allowed_missing=allowed_missing)
+                                  allowed_missing=allowed_missing, reinit_head=reinit_head)
     (log or logger).info(report.summary())
     return report

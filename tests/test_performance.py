@@ -1,0 +1,303 @@
+"""The fast paths compute the same function as the reference, and stay exportable.
+
+Every iFormer here is tiny (or iFormer-S at a small input) so the file runs in well under a
+minute on one core; timings live in tools/analysis/benchmark.py, never in tests.
+"""
+import copy
+import importlib.util
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iformer_mm.models.iformer import InceptionTransformer, LowMixer
+
+TINY = dict(depths=[1, 1, 2, 1], embed_dims=[64, 64, 96, 128], attention_heads=[1, 1, 1, 2, 3])
+ODD_INPUT = (2, 3, 72, 100)  # stage maps 18x25, 9x13, 5x7, 3x4: odd sizes and crops everywhere
+
+
+def _tiny(**kw) -> InceptionTransformer:
+    torch.manual_seed(0)
+    model = InceptionTransformer(TINY, img_size=64, num_classes=10, **kw)
+    # Layer scales of 1e-6 would hide any error of the mixer/MLP behind the residual.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if 'layer_scale' in name:
+                p.fill_(0.5)
+    return model
+
+
+def _same_weights(src: InceptionTransformer, **kw) -> InceptionTransformer:
+    dst = _tiny(**kw)
+    dst.load_state_dict(src.state_dict())
+    return dst
+
+
+def _use_reference_flow(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if hasattr(m, 'reference_flow'):
+            m.reference_flow = True
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def _input(shape=ODD_INPUT, seed=1) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _loss_and_grads(model: torch.nn.Module, x: torch.Tensor):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    # A different weight per stage, so every stage's gradient matters.
+    loss = sum((i + 1) * f.square().mean() for i, f in enumerate(feats))
+    loss.backward()
+    return [f.detach() for f in feats], {n: p.grad.clone() for n, p in model.named_parameters()
+                                         if p.grad is not None}
+
+
+# ------------------------------------------------------------------ equivalence of paths
+@pytest.mark.parametrize('grad_mode', [False, True], ids=['no_grad', 'grad'])
+def test_fused_path_equals_naive_reference_at_inference(grad_mode):
+    """Ours (channels-last, in-place without autograd) == naive (the authors' flow, explicit
+    softmax(QK^T)V) == kernel-only, on odd non-square maps, with and without autograd."""
+    naive = _tiny(attn_impl='naive').eval()
+    fused = _same_weights(naive).eval()
+    kernel = _same_weights(naive)
+    _use_reference_flow(kernel)
+    kernel.eval()
+    x = _input()
+    with torch.set_grad_enabled(grad_mode):
+        ref = naive(x)
+        ref_feats = naive.forward_intermediates(x, intermediates_only=True)
+        for model in (fused, kernel):
+            assert _rel(model(x), ref) < 1e-5
+            for a, b in zip(model.forward_intermediates(x, intermediates_only=True), ref_feats):
+                assert a.shape == b.shape
+                assert _rel(a, b) < 1e-5
+
+
+def test_fused_training_path_equals_naive_outputs_and_gradients():
+    """Training through ours (recomputed local branches, GELU recomputed in the MLP's
+    backward) gives the naive reference's outputs and parameter gradients."""
+    naive = _tiny(attn_impl='naive')
+    fused = _same_weights(naive)
+    x = _input()
+    ref_out, ref_grads = _loss_and_grads(naive, x)
+    out, grads = _loss_and_grads(fused, x)
+    for a, b in zip(out, ref_out):
+        assert _rel(a, b) < 1e-5
+    # every parameter the stages use gets a gradient (the classifier norm/head are unused)
+    used = [n for n, _ in fused.named_parameters() if not n.startswith(('norm.', 'head.'))]
+    assert set(grads) == set(ref_grads) == set(used)
+    for name, g in grads.items():
+        assert _rel(g, ref_grads[name]) < 1e-4, name
+
+
+def test_recompute_switch_does_not_change_gradients():
+    fused = _tiny()
+    plain = _same_weights(fused)
+    for m in plain.modules():
+        if hasattr(m, 'recompute_local'):
+            m.recompute_local = False
+    x = _input()
+    out_a, g_a = _loss_and_grads(fused, x)
+    out_b, g_b = _loss_and_grads(plain, x)
+    for a, b in zip(out_a, out_b):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    for name in g_a:
+        assert _rel(g_a[name], g_b[name]) < 1e-5, name
+
+
+@pytest.mark.parametrize('with_cp', [True, [True, False, True, False], [False, False, False, True]])
+def test_per_stage_checkpointing_gives_equal_outputs_and_grads(with_cp):
+    ref = _tiny()
+    cp = _same_weights(ref, with_cp=with_cp)
+    assert cp.grad_checkpointing == tuple(with_cp if isinstance(with_cp, list) else [with_cp] * 4)
+    x = _input()
+    out_a, g_a = _loss_and_grads(ref, x)
+    out_b, g_b = _loss_and_grads(cp, x)
+    for a, b in zip(out_a, out_b):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    for name in g_a:
+        assert _rel(g_b[name], g_a[name]) < 1e-5, name
+
+
+def test_with_cp_needs_one_entry_per_stage():
+    with pytest.raises(ValueError, match='one per stage'):
+        _tiny(with_cp=[True, False])
+
+
+# ------------------------------------------------------------------ windowed attention
+def _window_reference(mixer: LowMixer, x: torch.Tensor, ws: int) -> torch.Tensor:
+    """Independent windowed attention: loop over the windows, each clipped to the map."""
+    B, h, w, C = x.shape
+    out = torch.empty_like(x)
+    for i in range(0, h, ws):
+        for j in range(0, w, ws):
+            win = x[:, i:i + ws, j:j + ws]
+            wh, ww = win.shape[1:3]
+            qkv = mixer.qkv(win.reshape(B, wh * ww, C)).view(B, wh * ww, 3, mixer.num_heads, -1)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            attn = (q @ k.transpose(-2, -1) * mixer.head_dim ** -0.5).softmax(-1)
+            out[:, i:i + ws, j:j + ws] = (attn @ v).transpose(1, 2).reshape(B, wh, ww, C)
+    return out
+
+
+@pytest.mark.parametrize('impl', ['fused', 'naive'])
+@pytest.mark.parametrize('hw,ws', [((6, 10), 4), ((7, 5), 3), ((8, 8), 4), ((5, 7), 8)])
+def test_windowed_attention_matches_per_window_reference(impl, hw, ws):
+    """Padded windows are masked: partial windows at the border attend only to real tokens.
+    A window larger than the map (last case) pads to one window and equals global attention."""
+    torch.manual_seed(0)
+    mixer = LowMixer(64, 2, pool=False, attn_impl=impl, window_size=ws)
+    x = torch.randn(2, *hw, 64)
+    with torch.no_grad():
+        got = mixer._windowed(x, ws)
+        assert torch.allclose(got, _window_reference(mixer, x, ws), rtol=1e-5, atol=1e-6)
+        if ws >= max(hw):
+            assert torch.allclose(got, mixer._global(x), rtol=1e-5, atol=1e-6)
+
+
+def test_window_covering_every_map_equals_global_attention():
+    ref = _tiny().eval()
+    win = _same_weights(ref, window_size=[5, 3, 3, 2]).eval()  # pooled maps: 9x13, 5x7, 5x7, 3x4
+    covering = _same_weights(ref, window_size=[13, 7, 7, 4]).eval()
+    x = _input()
+    with torch.no_grad():
+        out = ref(x)
+        assert torch.allclose(covering(x), out, rtol=1e-5, atol=1e-6)
+        # and a window that does not cover the map really changes the function
+        assert not torch.allclose(win(x), out, rtol=1e-3, atol=1e-4)
+
+
+def test_windowed_training_path_matches_naive_windowed():
+    naive = _tiny(attn_impl='naive', window_size=[4, 3, None, None])
+    fused = _same_weights(naive, window_size=[4, 3, None, None])
+    x = _input()
+    out_a, g_a = _loss_and_grads(naive, x)
+    out_b, g_b = _loss_and_grads(fused, x)
+    for a, b in zip(out_b, out_a):
+        assert _rel(a, b) < 1e-5
+    for name in g_a:
+        assert _rel(g_b[name], g_a[name]) < 1e-4, name
+
+
+# ------------------------------------------------------------------ compile / export
+def test_torch_compile_has_no_graph_breaks():
+    """fullgraph=True fails on any graph break, in inference and in training (checkpointed
+    local branches and the GELU-recomputing MLP included)."""
+    model = _tiny().eval()
+    x = _input((1, 3, 64, 96))
+    with torch.no_grad():
+        ref = model(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    with torch.no_grad():
+        assert _rel(compiled(x), ref) < 1e-6
+    model.train()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    compiled(x).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    torch._dynamo.reset()
+
+
+def test_torchscript_trace_matches_eager():
+    model = _tiny().eval()
+    x = _input()
+    with torch.no_grad():
+        ref = model(x)
+        traced = torch.jit.trace(model, x)  # check_trace re-runs and compares the graphs
+        assert _rel(traced(x), ref) < 1e-6
+        # a traced model at another size: the traced position-table resize must follow
+        x2 = _input(ODD_INPUT, seed=2)
+        assert _rel(traced(x2), model(x2)) < 1e-5
+
+
+def test_onnx_export_runs_in_onnxruntime(tmp_path):
+    pytest.importorskip('onnx')
+    ort = pytest.importorskip('onnxruntime')
+    model = _tiny().eval()
+    x = _input()
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path = tmp_path / 'iformer_tiny.onnx'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=['images'], output_names=['logits'])
+    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    out = sess.run(None, {'images': x.numpy()})[0]
+    assert out.shape == ref.shape
+    assert abs(out - ref).max() / abs(ref).max() < 1e-4
+
+
+# ------------------------------------------------------------------ reduced precision
+def test_bf16_autocast_is_finite_and_close_at_a_dense_size():
+    """bf16 autocast on CPU, iFormer-S at 256x320 (attention over 64x80 pooled tokens in
+    stage 1): finite outputs and gradients, features within bf16 accuracy of fp32."""
+    torch.manual_seed(0)
+    model = InceptionTransformer('small', num_classes=0)
+    x = torch.randn(1, 3, 256, 320)
+    model.eval()
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, intermediates_only=True)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = model.forward_intermediates(x, intermediates_only=True)
+    for a, b in zip(low, ref):
+        assert a.dtype == torch.bfloat16 and torch.isfinite(a).all()
+        # relative to each map's scale; bf16 has 8 bits of mantissa
+        assert ((a.float() - b).norm() / b.norm()).item() < 0.05
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model.forward_intermediates(x[..., :128, :160], intermediates_only=True)
+        loss = sum(o.float().square().mean() for o in out)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------ FLOP counter
+def _get_flops_module():
+    path = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / 'get_flops.py'
+    spec = importlib.util.spec_from_file_location('iformer_get_flops', path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_get_flops_reproduces_the_imagenet_table():
+    """iFormer-S at 224: 19,866,344 params and 4.848 G FLOPs (fvcore), the published table."""
+    gf = _get_flops_module()
+    res = gf.analyse('iformer_small')
+    assert res['params'] == 19_866_344
+    assert round(res['full_flops'] / 1e9, 3) == 4.848
+    assert res['paper_flops'] < res['full_flops']
+
+
+def test_get_flops_attention_term_is_exact():
+    """The counted attention products equal sum over blocks of 2 * heads * N^2 * 32."""
+    gf = _get_flops_module()
+    torch.manual_seed(0)
+    model = InceptionTransformer(TINY, img_size=64, num_classes=10).eval()
+    H, W = 72, 100
+    _, by_op = gf.count_full(model, (torch.randn(1, 3, H, W),))
+    expected, block = 0, 0
+    for stage, depth in enumerate(TINY['depths']):
+        h, w = math.ceil(H / 4), math.ceil(W / 4)
+        for _ in range(stage):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        if stage < 2:  # 2x2 pooled before attention (ceil mode)
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        for _ in range(depth):
+            expected += 2 * TINY['attention_heads'][block] * (h * w) ** 2 * 32
+            block += 1
+    assert by_op['scaled_dot_product_attention'] == expected

@@ -1,0 +1,427 @@
+"""Speed and memory of iFormer against its naive baseline and mmdet's Swin-T, on this machine.
+
+Every configuration runs in a fresh subprocess (so peak RSS of one never leaks into
+another), on the same deterministic weights for all iFormer implementations:
+
+* ``naive``  — ``attn_impl='naive'``: the authors' data flow with softmax(QK^T)V
+  materialised (the baseline every ratio is taken against);
+* ``kernel`` — the authors' data flow with only the fused attention kernel swapped in
+  (what "just call scaled_dot_product_attention" buys);
+* ``ours``   — ``attn_impl='fused'``: the shipped path (channels-last mixer, 1x1 convs as
+  matmuls, in-place inference, recomputed local branches and GELU in backward);
+* ``swin_t`` — mmdet's Swin-T (same FLOPs class as iFormer-S), the peer.
+
+Measured: forward (eval, no grad) and forward+backward (train mode, sum of outputs)
+median wall time after one warm-up, peak RSS of the process, achieved GFLOP/s (MACs
+counted with attention, fvcore rules; x2 for FLOPs; backward taken as 2x forward) next to
+a plain large fp32 matmul on the same threads; whole Mask R-CNN / Semantic FPN models; and
+s/iter of a full training step (forward, backward, AdamW step) for Mask R-CNN iFormer-S
+and mmdet's Swin-T Mask R-CNN at 800x1333, batch 1.
+
+Usage::
+
+    python tools/analysis/benchmark.py                 # everything (~20 min idle, 2 cores)
+    python tools/analysis/benchmark.py --quick         # small shapes, ~2 min: a smoke test
+    python tools/analysis/benchmark.py --only backbone_800x1344 --json out.json
+
+Threads: ``--threads`` (default 1: reproducible on a shared machine; use the number of
+physical cores on an idle one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+for p in (REPO, HERE):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+DET_CFG = os.path.join(REPO, 'configs', 'detection', 'mask_rcnn_iformer_s_1x.py')
+SEG_CFG = os.path.join(REPO, 'configs', 'segmentation', 'fpn_iformer_s_ade20k_80k.py')
+SWIN_DET_CFG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+SWIN_T = dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+              mlp_ratio=4, qkv_bias=True, drop_path_rate=0.2, patch_norm=True,
+              out_indices=(0, 1, 2, 3), convert_weights=False)
+
+
+# ============================================================================ the cases
+def plan(quick: bool) -> List[Dict[str, Any]]:
+    """Every measured configuration, in run order (acceptance cases first)."""
+    if quick:
+        bb = [('backbone_224', 224, 224, 4), ('backbone_256x384', 256, 384, 1)]
+        det_shape, seg_shape, step_shape = (256, 384), (256, 256), (256, 384)
+    else:
+        bb = [('backbone_800x1344', 800, 1344, 1), ('backbone_224', 224, 224, 32),
+              ('backbone_512', 512, 512, 2)]
+        det_shape, seg_shape, step_shape = (800, 1344), (512, 512), (800, 1333)
+    cases: List[Dict[str, Any]] = [dict(kind='matmul', name='matmul_fp32', impl='-', mode='fwd')]
+    for name, h, w, b in bb:
+        for mode in ('fwdbwd', 'fwd'):
+            for impl in ('naive', 'kernel', 'ours', 'swin_t'):
+                cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
+                                  batch=b))
+    for mode in ('fwd', 'fwdbwd'):
+        for impl in ('naive', 'ours', 'swin_t'):
+            cases.append(dict(kind='maskrcnn', name='maskrcnn_%dx%d' % det_shape, impl=impl,
+                              mode=mode, shape=list(det_shape), batch=1))
+        for impl in ('naive', 'ours'):
+            cases.append(dict(kind='semfpn', name='semfpn_%dx%d' % seg_shape, impl=impl, mode=mode,
+                              shape=list(seg_shape), batch=2))
+    for impl in ('ours', 'swin_t'):
+        cases.append(dict(kind='maskrcnn', name='maskrcnn_train_step_%dx%d' % step_shape, impl=impl,
+                          mode='step', shape=list(step_shape), batch=1))
+    return cases
+
+
+def case_id(c: Dict[str, Any]) -> str:
+    return f"{c['name']}/{c['mode']}/{c['impl']}"
+
+
+# ============================================================================ worker side
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+
+
+def _current_rss_gb() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1e9
+
+
+def _set_impl(model: Any, impl: str) -> None:
+    """``kernel``: keep the reference data flow but use the fused attention kernel."""
+    if impl == 'kernel':
+        for m in model.modules():
+            if hasattr(m, 'reference_flow'):
+                m.reference_flow = True
+
+
+def _iformer_backbone(impl: str) -> Any:
+    import torch
+    from iformer_mm.models.backbone import IFormer
+    torch.manual_seed(0)  # same weights for naive / kernel / ours
+    m = IFormer('small', drop_path_rate=0.0, attn_impl='naive' if impl == 'naive' else 'fused')
+    _set_impl(m, impl)
+    return m
+
+
+def _swin_backbone() -> Any:
+    import torch
+    from mmdet.models.backbones import SwinTransformer
+    torch.manual_seed(0)
+    return SwinTransformer(**{**SWIN_T, 'drop_path_rate': 0.0})
+
+
+def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
+    import torch
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(cfg_path)
+    bb = cfg.model.backbone
+    bb.init_cfg = None
+    if 'drop_path_rate' in bb:
+        bb.drop_path_rate = 0.0
+    if impl in ('naive', 'kernel'):
+        bb.attn_impl = 'naive' if impl == 'naive' else 'fused'
+    if cfg.model.get('pretrained'):
+        cfg.model.pretrained = None
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        import mmdet.models  # noqa: F401
+        from mmdet.registry import MODELS
+    else:
+        import mmseg.models  # noqa: F401
+        from mmseg.registry import MODELS
+    import iformer_mm  # noqa: F401
+    torch.manual_seed(0)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    _set_impl(model, impl)
+    return model
+
+
+def _det_sample(h: int, w: int, seed: int = 0) -> Any:
+    """A DetDataSample with 4 boxes and their masks (enough for every loss to be live)."""
+    import numpy as np
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(seed)
+    n = 4
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    wh = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 32
+    boxes = torch.cat([xy, torch.minimum(xy + wh, torch.tensor([w - 1.0, h - 1.0]))], 1)
+    masks = np.zeros((n, h, w), dtype=np.uint8)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
+        masks[i, y0:y1, x0:x1] = 1
+    s = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                    batch_input_shape=(h, w), scale_factor=(1.0, 1.0), img_id=0))
+    s.gt_instances = InstanceData(bboxes=boxes, labels=torch.arange(n) % 80,
+                                  masks=BitmapMasks(masks, h, w))
+    return s
+
+
+def _seg_sample(h: int, w: int, seed: int = 0) -> Any:
+    import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    s = SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w)))
+    s.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, h, w), generator=g))
+    return s
+
+
+def _flops(module: Any, inputs: Tuple[Any, ...]) -> Optional[int]:
+    """Forward MACs with attention (fvcore rules), or None if the model cannot be traced."""
+    try:
+        from get_flops import count_full
+        return count_full(module, inputs)[0]
+    except Exception as e:  # the timing is still valid without a FLOP figure
+        print(f'[benchmark] FLOP count failed: {e}', file=sys.stderr)
+        return None
+
+
+def _time(fn: Callable[[], Any], repeats: int, budget: float) -> Tuple[List[float], float]:
+    """One warm-up, then up to ``repeats`` timed runs within ``budget`` seconds (>= 1)."""
+    t0 = time.perf_counter()
+    fn()
+    warm = time.perf_counter() - t0
+    n = max(1, min(repeats, int(budget // max(warm, 1e-6))))
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times, warm
+
+
+def run_case(c: Dict[str, Any], repeats: int, budget: float) -> Dict[str, Any]:
+    """Measure one configuration in this process."""
+    import torch
+    import iformer_mm  # noqa: F401
+    res: Dict[str, Any] = dict(c)
+    if c['kind'] == 'matmul':
+        n = 4096
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        times, _ = _time(lambda: a @ b, repeats, budget)
+        t = statistics.median(times)
+        res.update(times=times, median_s=t, gflops=2 * n ** 3 / t / 1e9, peak_rss_gb=_rss_gb())
+        return res
+
+    h, w = c['shape']
+    B = c['batch']
+    train = c['mode'] in ('fwdbwd', 'step')
+    flops = None
+    if c['kind'] == 'backbone':
+        model = _swin_backbone() if c['impl'] == 'swin_t' else _iformer_backbone(c['impl'])
+        x = torch.randn(B, 3, h, w)
+        if c['mode'] == 'fwd':
+            model.eval()
+            if c.get('count_flops', True):
+                from get_flops import BackboneOnly
+                f1 = _flops(BackboneOnly(model), (torch.randn(1, 3, h, w),))
+                flops = None if f1 is None else f1 * B
+
+            def fn() -> Any:
+                with torch.no_grad():
+                    return model(x)
+        else:
+            model.train()
+
+            def fn() -> Any:
+                out = model(x)
+                sum(o.float().sum() for o in out).backward()
+                model.zero_grad(set_to_none=True)
+    elif c['kind'] in ('maskrcnn', 'semfpn'):
+        det = c['kind'] == 'maskrcnn'
+        if det:
+            model = _build_mm(SWIN_DET_CFG if c['impl'] == 'swin_t' else DET_CFG, c['impl'], 'mmdet')
+        else:
+            model = _build_mm(SEG_CFG, c['impl'], 'mmseg')
+        if c['mode'] == 'step':
+            import numpy as np
+            from mmengine.optim import OptimWrapper
+            model.train()
+            optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05))
+            g = torch.Generator().manual_seed(0)
+            img = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+            data = dict(inputs=[img], data_samples=[_det_sample(h, w)])
+            res['padded_shape'] = list(model.data_preprocessor(dict(inputs=[img], data_samples=[
+                _det_sample(h, w)]), True)['inputs'].shape[-2:])
+
+            def fn() -> Any:
+                return model.train_step(data, optim)
+        else:
+            inputs = torch.randn(B, 3, h, w)
+            make = _det_sample if det else _seg_sample
+            samples = [make(h, w, i) for i in range(B)]
+            if train:
+                model.train()
+
+                def fn() -> Any:
+                    losses = model(inputs, samples, mode='loss')
+                    loss, _ = model.parse_losses(losses)
+                    loss.backward()
+                    model.zero_grad(set_to_none=True)
+            else:
+                model.eval()
+
+                def fn() -> Any:
+                    with torch.no_grad():
+                        return model(inputs, [s.clone() for s in samples], mode='predict')
+    else:
+        raise ValueError(f"unknown case kind {c['kind']!r}")
+    res['base_rss_gb'] = _current_rss_gb()
+    times, warm = _time(fn, repeats, budget)
+    res.update(times=times, warmup_s=warm, median_s=statistics.median(times), peak_rss_gb=_rss_gb(),
+               flops=flops)
+    return res
+
+
+def worker_main(spec: str, repeats: int, budget: float, threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    c = json.loads(spec)
+    print('@@RESULT ' + json.dumps(run_case(c, repeats, budget)), flush=True)
+
+
+# ============================================================================ driver
+def run_in_subprocess(c: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(c),
+           '--repeats', str(args.repeats), '--budget', str(args.budget), '--threads', str(args.threads)]
+    t0 = time.time()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    for line in p.stdout.splitlines():
+        if line.startswith('@@RESULT '):
+            r = json.loads(line[len('@@RESULT '):])
+            r['wall_s'] = time.time() - t0
+            return r
+    err = (p.stderr or '').strip().splitlines()[-3:]
+    return dict(c, error=f'exit {p.returncode}: ' + ' | '.join(err))
+
+
+def load_avg() -> List[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Add ratios against naive / swin_t of the same (name, mode) and GFLOP/s figures."""
+    by = {(r['name'], r['mode'], r['impl']): r for r in results if 'median_s' in r}
+    mm = next((r for r in results if r['kind'] == 'matmul' and 'gflops' in r), None)
+    rows = []
+    for r in results:
+        row = dict(r)
+        if 'median_s' in r and r['kind'] != 'matmul':
+            naive = by.get((r['name'], r['mode'], 'naive'))
+            swin = by.get((r['name'], r['mode'], 'swin_t'))
+            if naive is not None:
+                row['time_vs_naive'] = r['median_s'] / naive['median_s']
+                row['mem_vs_naive'] = r['peak_rss_gb'] / naive['peak_rss_gb']
+            if swin is not None:
+                row['time_vs_swin'] = r['median_s'] / swin['median_s']
+            # Achieved rate: fwd MACs of the same impl family (ours/kernel/naive share the
+            # count; attention is counted in all three) -> FLOPs = 2 x MACs.
+            fl = r.get('flops')
+            if fl is None and r['kind'] == 'backbone':
+                fwd = by.get((r['name'], 'fwd', r['impl']))
+                fl = fwd.get('flops') if fwd else None
+            if fl:
+                work = 2 * fl * (3 if r['mode'] == 'fwdbwd' else 1)
+                row['gflops'] = work / r['median_s'] / 1e9
+                if mm is not None:
+                    row['frac_of_matmul'] = row['gflops'] / mm['gflops']
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: List[Dict[str, Any]]) -> str:
+    head = (f"{'case':<28}{'mode':<8}{'impl':<8}{'median s':>10}{'peak RSS GB':>13}"
+            f"{'t/naive':>9}{'mem/naive':>10}{'t/swin':>8}{'GFLOP/s':>9}{'%mm':>6}")
+    out = [head, '-' * len(head)]
+    for r in rows:
+        if 'error' in r:
+            out.append(f"{r['name']:<28}{r['mode']:<8}{r['impl']:<8}  ERROR {r['error'][:80]}")
+            continue
+
+        def f(key: str, fmt: str) -> str:
+            return format(r[key], fmt) if r.get(key) is not None else '-'
+        if r['kind'] == 'matmul':
+            out.append(f"{'matmul 4096^2 fp32':<28}{'':<8}{'':<8}{r['median_s']:>10.3f}{'':>13}"
+                       f"{'':>9}{'':>10}{'':>8}{r['gflops']:>9.1f}{'100':>6}")
+            continue
+        out.append(f"{r['name']:<28}{r['mode']:<8}{r['impl']:<8}{r['median_s']:>10.3f}"
+                   f"{r['peak_rss_gb']:>13.2f}{f('time_vs_naive', '.3f'):>9}{f('mem_vs_naive', '.3f'):>10}"
+                   f"{f('time_vs_swin', '.2f'):>8}{f('gflops', '.1f'):>9}"
+                   f"{(format(100 * r['frac_of_matmul'], '.0f') if r.get('frac_of_matmul') else '-'):>6}")
+    return '\n'.join(out)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--quick', action='store_true', help='small shapes, 1 repeat (smoke test)')
+    parser.add_argument('--only', nargs='+', default=None,
+                        help='run only cases whose id (name/mode/impl) contains one of these')
+    parser.add_argument('--skip', nargs='+', default=None, help='skip cases whose id contains these')
+    parser.add_argument('--repeats', type=int, default=None, help='timed runs after warm-up (default 3, quick 1)')
+    parser.add_argument('--budget', type=float, default=90.0,
+                        help='seconds of timed runs per case; slow cases get fewer repeats (>= 1)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per worker (default 1)')
+    parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per case before giving up')
+    parser.add_argument('--json', default=None, help='write all results (and machine info) here')
+    parser.add_argument('--list', action='store_true', help='print the case ids and exit')
+    parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.worker:
+        worker_main(args.worker, args.repeats, args.budget, args.threads)
+        return 0
+    cases = plan(args.quick)
+    if args.only:
+        cases = [c for c in cases if any(s in case_id(c) for s in args.only)]
+    if args.skip:
+        cases = [c for c in cases if not any(s in case_id(c) for s in args.skip)]
+    if args.list:
+        print('\n'.join(case_id(c) for c in cases))
+        return 0
+    import torch
+    info = dict(torch=torch.__version__, threads=args.threads, cpu_count=os.cpu_count(),
+                load_start=load_avg(), started=time.strftime('%Y-%m-%d %H:%M:%S'))
+    print(f"[benchmark] {len(cases)} cases, {args.threads} thread(s), load average at start "
+          f"{info['load_start']}", flush=True)
+    results = []
+    for c in cases:
+        r = run_in_subprocess(c, args)
+        r['load_after'] = load_avg()
+        results.append(r)
+        msg = r.get('error') or (f"{r['median_s']:.3f} s (runs {['%.2f' % t for t in r['times']]}), "
+                                 f"peak RSS {r['peak_rss_gb']:.2f} GB")
+        print(f'[benchmark] {case_id(c):<45} {msg}  load {r["load_after"]}', flush=True)
+    info['load_end'] = load_avg()
+    rows = summarise(results)
+    print()
+    print(format_table(rows))
+    print(f"\nload average start {info['load_start']} end {info['load_end']} (2 cores shared)")
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(info=info, results=rows), f, indent=1)
+        print(f'[benchmark] wrote {args.json}')
+    return 1 if any('error' in r for r in results) else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

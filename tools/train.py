@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Train any OpenMMLab 2.0 config (MMDetection, MMSegmentation, ...) with mmengine's Runner.
+
+The config's ``default_scope`` says which toolbox builds it; the flags are MMDetection's /
+MMSegmentation's (same names, same meaning)::
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [auto|CKPT]] [--amp]
+                                 [--auto-scale-lr] [--cfg-options k=v ...]
+                                 [--launcher none|pytorch|slurm|mpi]
+
+Multi-process: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``.
+Runs on CPU-only machines too (SyncBN -> BN, gloo, see iformer_mm/engine/device.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import pickle
+import sys
+
+# The repository root first, so `python tools/train.py` uses this checkout's iformer_mm.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
+from iformer_mm.checkpoint import CheckpointError, explain_load_error  # noqa: E402
+from iformer_mm.engine import (check_pretrained_files, init_distributed, prepare_runtime_cfg,  # noqa: E402
+                               teardown_distributed, trusted_run_checkpoints)
+from iformer_mm.engine.resilience import add_resilience_hooks  # noqa: E402
+from iformer_mm.env import StackError, require_stack  # noqa: E402
+from iformer_mm.preflight import ConfigError, check_config, explain_build_error  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from mmengine.config import DictAction
+    parser = argparse.ArgumentParser(description='Train a detector / segmentor (mmengine Runner)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--amp', action='store_true', default=False,
+                        help='automatic mixed precision training (needs a GPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale lr by (processes x batch_size) / auto_scale_lr.base_batch_size')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CKPT; without a value, from the latest checkpoint '
+                        'in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, e.g. model.backbone.drop_path_rate=0.2 '
+                        "(note: custom_imports must be in the config file itself)")
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    # torch.distributed.launch passes --local-rank (older torch: --local_rank)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args: argparse.Namespace):
+    """Load the config and apply the command-line flags (same precedence as mmdet/mmseg)."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+
+    # work_dir: CLI > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit('--amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper); on CPU train '
+                             'without --amp.')
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+            print('AMP training is already enabled in your config.')
+        else:
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+            raise SystemExit(f'--auto-scale-lr: {args.config} has no auto_scale_lr.base_batch_size; '
+                             'add e.g. auto_scale_lr = dict(enable=False, base_batch_size=16) '
+                             '(the total batch size its lr was tuned for).')
+        cfg.auto_scale_lr.enable = True
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = build_cfg(args)
+    prepare_runtime_cfg(cfg, args.launcher)
+    try:
+        check_pretrained_files(cfg)
+    except CheckpointError as e:
+        raise SystemExit(f'error: {e}') from None
+    # Broken installs and configs fail here, in a second, with the fix (iformer_mm/env.py,
+    # iformer_mm/preflight.py); checkpoints are written atomically and resume with the RNG
+    # positions of the interrupted run (iformer_mm/engine/resilience.py).
+    try:
+        require_stack({'mmdet': 'det', 'mmseg': 'seg'}.get(cfg.get('default_scope'), 'mm'))
+        check_config(cfg)
+    except (StackError, ConfigError) as e:
+        raise SystemExit(f'error: {e}') from None
+    add_resilience_hooks(cfg)
+
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    init_distributed(cfg, args.launcher)
+    try:
+        try:
+            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        except KeyError as e:
+            hint = explain_build_error(e)
+            if hint is None:
+                raise
+            raise SystemExit(f'error: {hint}') from None
+        # Checkpoints of our own runs (resume, load_from) hold mmengine/numpy objects: allow
+        # exactly those, loading stays weights_only (iformer_mm/engine/checkpoints.py).
+        with trusted_run_checkpoints():
+            try:
+                runner.train()
+            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+                # a refused or broken checkpoint: say so, never suggest weights_only=False
+                msg = explain_load_error(e, cfg.get('load_from'))
+                if msg is None:
+                    raise
+                raise SystemExit(f'error: {msg}') from None
+    finally:
+        teardown_distributed()
+
+
+if __name__ == '__main__':
+    main()
