@@ -110,16 +110,23 @@ def _first_sentence(e: Exception) -> str:
     return text.split('. ')[0][:160]
 
 
-_GLOBAL_RE = re.compile(r'Unsupported global: GLOBAL ([\w.]+)')
+# torch words a refused global two ways: "Unsupported global: GLOBAL a.b" (not allowlisted) and
+# "unsupported GLOBAL posix.system whose module posix is blocked" (blocked module).
+_GLOBAL_RE = re.compile(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)')
 
 
 def _refused(path: str, e: Exception) -> CheckpointError:
     """Say *why* safe loading refused ``path``: a Python object it names, or not a checkpoint."""
     text = str(e)
     m = _GLOBAL_RE.search(text)
+    with open(path, 'rb') as f:
+        head = f.read(16)
+    if m is None and head.startswith(b'PK'):  # a real torch zip checkpoint, refused for its content
+        return CheckpointError(
+            f'{path} was refused by safe loading (weights_only=True): it holds Python objects '
+            f'beyond tensors ({_first_sentence(e)}); unpickling them could run code. Use the official '
+            'weights, or re-save a model you trust as a plain state_dict.')
     if m is None:  # the unpickler met bytes it cannot parse at all
-        with open(path, 'rb') as f:
-            head = f.read(16)
         return CheckpointError(
             f'{path} is not a PyTorch checkpoint (corrupt, or another file type; first bytes '
             f'{head!r}, size {os.path.getsize(path)} bytes). Re-download it; a failed download '

@@ -184,17 +184,18 @@ def _free_port():
 @pytest.mark.dist
 def test_torchrun_two_processes_full_recipe_augmentations(data_dir, tmp_path):
     """2 ranks (gloo on CPU) with RandAugment, mixup/cutmix, label smoothing, random erasing,
-    grad clipping and EMA: both ranks train, validation is gathered, rank 0 saves."""
+    grad clipping, EMA and bf16 autocast: both ranks train, validation is gathered, rank 0 saves."""
     cfg = str(REPO / 'configs/classification/iformer_small_in1k.yaml')
     _run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
           str(_free_port()), TRAIN, str(data_dir), '-c', cfg, '--img-size', '64', '-b', '8',
           '--epochs', '1', '--warmup-epochs', '0', '--cooldown-epochs', '0', '--clip-grad', '1.0',
-          '--model-ema', '-j', '0', '--max-updates-per-epoch', '2', '--log-interval', '1',
+          '--model-ema', '--amp', '-j', '0', '--max-updates-per-epoch', '2', '--log-interval', '1',
           '--output', str(tmp_path)], timeout=400)
     (rec,) = _history(tmp_path / 'iformer_small')
     assert rec['world_size'] == 2 and rec['train_samples'] == 2 * 2 * 8  # 2 updates x 2 ranks x 8
     assert rec['val_images'] == 12 and 'ema_val_top1' in rec
     ckpt = torch.load(tmp_path / 'iformer_small' / 'last.pth', weights_only=True)
     assert ckpt['world_size'] == 2 and 'state_dict_ema' in ckpt
-    assert ckpt['args']['mixup'] == 0.8 and ckpt['args']['aa'] == 'rand-m9-mstd0.5-inc1'
+    assert ckpt['args']['mixup'] == 0.8 and ckpt['args']['aa'] == 'rand-m9-mstd0.5-inc1' and ckpt['args']['amp']
+    assert all(v.dtype == torch.float32 for k, v in ckpt['state_dict'].items() if v.is_floating_point())
     assert not any(k.startswith('module.') for k in ckpt['state_dict'])

@@ -6,6 +6,7 @@ minute on one core; timings live in tools/analysis/benchmark.py, never in tests.
 import copy
 import importlib.util
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -45,6 +46,18 @@ def _use_reference_flow(model: torch.nn.Module) -> None:
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def _assert_grads_close(grads, ref, tol=1e-4):
+    """Each gradient within ``tol`` of its reference, relative to the larger of its own
+    scale and 1e-3 of the largest gradient."""
+    assert set(grads) == set(ref)
+    top = max(g.abs().max().item() for g in ref.values())
+    for name, g in grads.items():
+        if re.fullmatch(r'patch_embed\d?\.proj\d?\.bias', name):
+            continue  # a conv bias right before BatchNorm: its true gradient is exactly 0
+        scale = max(ref[name].abs().max().item(), 1e-3 * top)
+        assert (g - ref[name]).abs().max().item() <= tol * scale, name
 
 
 def _input(shape=ODD_INPUT, seed=1) -> torch.Tensor:
@@ -96,8 +109,7 @@ def test_fused_training_path_equals_naive_outputs_and_gradients():
     # every parameter the stages use gets a gradient (the classifier norm/head are unused)
     used = [n for n, _ in fused.named_parameters() if not n.startswith(('norm.', 'head.'))]
     assert set(grads) == set(ref_grads) == set(used)
-    for name, g in grads.items():
-        assert _rel(g, ref_grads[name]) < 1e-4, name
+    _assert_grads_close(grads, ref_grads)
 
 
 def test_recompute_switch_does_not_change_gradients():
@@ -111,8 +123,7 @@ def test_recompute_switch_does_not_change_gradients():
     out_b, g_b = _loss_and_grads(plain, x)
     for a, b in zip(out_a, out_b):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
-    for name in g_a:
-        assert _rel(g_a[name], g_b[name]) < 1e-5, name
+    _assert_grads_close(g_b, g_a, 1e-5)
 
 
 @pytest.mark.parametrize('with_cp', [True, [True, False, True, False], [False, False, False, True]])
@@ -125,8 +136,7 @@ def test_per_stage_checkpointing_gives_equal_outputs_and_grads(with_cp):
     out_b, g_b = _loss_and_grads(cp, x)
     for a, b in zip(out_a, out_b):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
-    for name in g_a:
-        assert _rel(g_b[name], g_a[name]) < 1e-5, name
+    _assert_grads_close(g_b, g_a, 1e-5)
 
 
 def test_with_cp_needs_one_entry_per_stage():
@@ -185,8 +195,7 @@ def test_windowed_training_path_matches_naive_windowed():
     out_b, g_b = _loss_and_grads(fused, x)
     for a, b in zip(out_b, out_a):
         assert _rel(a, b) < 1e-5
-    for name in g_a:
-        assert _rel(g_b[name], g_a[name]) < 1e-4, name
+    _assert_grads_close(g_b, g_a)
 
 
 # ------------------------------------------------------------------ compile / export

@@ -4,7 +4,6 @@ Fast tests (no training): run by default. End-to-end runs are in test_segmentati
 """
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys

@@ -166,7 +166,6 @@ def paint_predictions(runner, cfg, out_file: str) -> str:
     """Run the trained model on the full photo (shapes added) and save the painted result."""
     import mmcv
     from mmdet.apis import inference_detector
-    from mmdet.registry import VISUALIZERS
 
     model = runner.model
     model.cfg = cfg  # inference_detector builds its pipeline from the config
@@ -174,7 +173,7 @@ def paint_predictions(runner, cfg, out_file: str) -> str:
     rgb, _ = make_showcase_image()
     bgr = mmcv.rgb2bgr(rgb)
     result = inference_detector(model, bgr)
-    vis = VISUALIZERS.get_instance('demo_visualizer', type='DetLocalVisualizer', vis_backends=None)
+    vis = runner.visualizer  # the config's DetLocalVisualizer
     vis.dataset_meta = dict(classes=CLASSES, palette=PALETTE)
     vis.add_datasample('demo', rgb, result, draw_gt=False, pred_score_thr=0.5, show=False, out_file=out_file)
     return out_file

@@ -185,20 +185,25 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
         ctx.save_for_backward(h, weight)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return F.linear(F.gelu(h), weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         h, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        # Under autocast the forward ran in h's dtype (bf16/fp16); backward runs outside
+        # autocast, so cast explicitly and return parameter grads in the parameters' dtype.
+        dt = h.dtype
+        grad_out = grad_out.to(dt).contiguous()
         go2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_w = go2.t().mm(F.gelu(h).reshape(-1, h.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = go2.sum(0)
-        grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h) if ctx.needs_input_grad[0] else None
+            grad_w = go2.t().mm(F.gelu(h).reshape(-1, h.shape[-1])).to(weight.dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = go2.sum(0).to(ctx.bias_dtype)
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight.to(dt)), h)
         return grad_h, grad_w, grad_b
 
 
@@ -246,16 +251,17 @@ class HighMixer(nn.Module):
         px = F.gelu(self.proj2(px))
         return cx, px
 
-    def forward_cl(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Channels-last version of :meth:`forward`: ``(B, H, W, dim)`` in, two
-        ``(B, H, W, dim)`` out. The 1x1 convs run as matmuls over channels (no layout
-        copies, no slow conv backward); the 3x3s run on channels-last memory."""
+    def forward_cl(self, xc: torch.Tensor, xp: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Channels-last version of :meth:`forward` on the two input halves, each
+        ``(B, H, W, dim/2)``; returns two ``(B, H, W, dim)``. The 1x1 convs run as matmuls
+        over channels (no layout copies, no slow conv backward); the 3x3s run on
+        channels-last memory."""
         dim, half = self.proj1.out_channels, self.split
         inplace = _no_autograd()
-        cx = F.linear(x[..., :half], self.conv1.weight.view(dim, half))
+        cx = F.linear(xc, self.conv1.weight.view(dim, half))
         cx = F.conv2d(cx.permute(0, 3, 1, 2), self.proj1.weight, padding=1, groups=dim)
         cx = _gelu(cx, inplace).permute(0, 2, 3, 1)
-        px = F.max_pool2d(x[..., half:].permute(0, 3, 1, 2), 3, stride=1, padding=1)
+        px = F.max_pool2d(xp.permute(0, 3, 1, 2), 3, stride=1, padding=1)
         px = F.linear(px.permute(0, 2, 3, 1), self.proj2.weight.view(dim, half), self.proj2.bias)
         return cx, _gelu(px, inplace)
 
@@ -406,18 +412,21 @@ class InceptionMixer(nn.Module):
         """x: channels-last ``(B, H, W, C)``; returns the same layout."""
         if self.reference_flow:
             return self.forward_reference(x)
-        x = x.contiguous()
-        lx = self.low_mixer.forward_cl(x[..., self.high_dim:])
+        # One split (its backward is a single concat) instead of three slices (whose
+        # backward writes three zero-filled full-size gradients and adds them up).
+        half = self.high_mixer.split
+        xc, xp, xl = x.contiguous().split([half, half, self.low_dim], dim=-1)
+        lx = self.low_mixer.forward_cl(xl)
         if (self.recompute_local and self.training and torch.is_grad_enabled()
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
-            return checkpoint(self._local, x, lx, use_reentrant=False)
-        return self._local(x, lx)
+            return checkpoint(self._local, xc, xp, lx, use_reentrant=False)
+        return self._local(xc, xp, lx)
 
-    def _local(self, x: torch.Tensor, lx: torch.Tensor) -> torch.Tensor:
+    def _local(self, xc: torch.Tensor, xp: torch.Tensor, lx: torch.Tensor) -> torch.Tensor:
         """Conv and pool branches, concat with the attention output, fuse, project."""
-        cx, px = self.high_mixer.forward_cl(x[..., :self.high_dim])
+        cx, px = self.high_mixer.forward_cl(xc, xp)
         if self.low_mixer.pool:
-            lx = _upsample2x_cl(lx, x.shape[1:3])
+            lx = _upsample2x_cl(lx, xc.shape[1:3])
         y = torch.cat((cx, px, lx), dim=-1)
         z = F.conv2d(y.permute(0, 3, 1, 2), self.conv_fuse.weight, padding=1,
                      groups=y.shape[-1]).permute(0, 2, 3, 1)

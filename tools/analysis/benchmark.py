@@ -23,6 +23,7 @@ Usage::
     python tools/analysis/benchmark.py                 # everything (~20 min idle, 2 cores)
     python tools/analysis/benchmark.py --quick         # small shapes, ~2 min: a smoke test
     python tools/analysis/benchmark.py --only backbone_800x1344 --json out.json
+    python tools/analysis/benchmark.py --variants --only ours+   # with_cp / windowed variants
 
 Threads: ``--threads`` (default 1: reproducible on a shared machine; use the number of
 physical cores on an idle one).
@@ -54,7 +55,7 @@ SWIN_T = dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], wind
 
 
 # ============================================================================ the cases
-def plan(quick: bool) -> List[Dict[str, Any]]:
+def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
     """Every measured configuration, in run order (acceptance cases first)."""
     if quick:
         bb = [('backbone_224', 224, 224, 4), ('backbone_256x384', 256, 384, 1)]
@@ -67,6 +68,12 @@ def plan(quick: bool) -> List[Dict[str, Any]]:
     for name, h, w, b in bb:
         for mode in ('fwdbwd', 'fwd'):
             for impl in ('naive', 'kernel', 'ours', 'swin_t'):
+                cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
+                                  batch=b))
+    if variants:
+        name, h, w, b = bb[0]
+        for impl in VARIANTS:
+            for mode in (('fwdbwd',) if '+cp' in impl else ('fwdbwd', 'fwd')):  # cp: training only
                 cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
                                   batch=b))
     for mode in ('fwd', 'fwdbwd'):
@@ -104,11 +111,21 @@ def _set_impl(model: Any, impl: str) -> None:
                 m.reference_flow = True
 
 
+# Memory-saving variants of ours (``--variants``): gradient checkpointing of every stage /
+# of the two high-resolution stages, and windowed attention (14 pooled tokens) in stages 1-2.
+VARIANTS = {
+    'ours+cp': dict(with_cp=True),
+    'ours+cp12': dict(with_cp=[True, True, False, False]),
+    'ours+win14': dict(window_size=[14, 14, None, None]),
+}
+
+
 def _iformer_backbone(impl: str) -> Any:
     import torch
     from iformer_mm.models.backbone import IFormer
     torch.manual_seed(0)  # same weights for naive / kernel / ours
-    m = IFormer('small', drop_path_rate=0.0, attn_impl='naive' if impl == 'naive' else 'fused')
+    m = IFormer('small', drop_path_rate=0.0, attn_impl='naive' if impl == 'naive' else 'fused',
+                **VARIANTS.get(impl, {}))
     _set_impl(m, impl)
     return m
 
@@ -125,9 +142,15 @@ def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
-    cfg = Config.fromfile(cfg_path)
+    if cfg_path.startswith(('mmdet::', 'mmseg::')):
+        from mmengine.hub import get_config
+        cfg = get_config(cfg_path)
+    else:
+        cfg = Config.fromfile(cfg_path)
     bb = cfg.model.backbone
     bb.init_cfg = None
+    if bb.get('with_cp'):
+        bb.with_cp = False
     if 'drop_path_rate' in bb:
         bb.drop_path_rate = 0.0
     if impl in ('naive', 'kernel'):
@@ -382,6 +405,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--threads', type=int, default=1, help='torch threads per worker (default 1)')
     parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per case before giving up')
     parser.add_argument('--json', default=None, help='write all results (and machine info) here')
+    parser.add_argument('--variants', action='store_true',
+                        help='also measure ours with with_cp / windowed attention at the largest size')
     parser.add_argument('--list', action='store_true', help='print the case ids and exit')
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -390,7 +415,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.worker:
         worker_main(args.worker, args.repeats, args.budget, args.threads)
         return 0
-    cases = plan(args.quick)
+    cases = plan(args.quick, args.variants)
     if args.only:
         cases = [c for c in cases if any(s in case_id(c) for s in args.only)]
     if args.skip:

@@ -236,6 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     lr = args.lr if args.lr is not None else args.lr_base * global_batch / args.lr_base_size
     _logger.info(f'lr {lr:.3g} (global batch {global_batch}'
                  + (')' if args.lr is not None else f' = {args.lr_base:g} x {global_batch}/{args.lr_base_size})'))
+    if args.min_lr > lr:
+        _logger.warning(f'--min-lr {args.min_lr:g} is above the lr {lr:.3g}: the cosine schedule would '
+                        'rise instead of decay; lower --min-lr or set --lr')
     opt_kwargs: Dict[str, Any] = dict(eps=args.opt_eps)
     if args.opt_betas:
         opt_kwargs['betas'] = tuple(args.opt_betas)
@@ -306,7 +309,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                'images per epoch; use --aug-repeats 0 for small data' if aug_repeats else '') + ')')
     val_loader = None
     if args.val_split:
-        val_set = create_dataset('', root=args.data_dir, split=args.val_split, is_training=False)
+        # label val images with the train split's map (a val split may lack some classes)
+        val_set = create_dataset('', root=args.data_dir, split=args.val_split, is_training=False,
+                                 class_map=classes or '')
         C.check_dataset_classes(val_set, num_classes, f'{args.data_dir}/{args.val_split}')
         crop_pct = C.resolve_crop_pct(model, img_size, None)
         val_loader = create_loader(

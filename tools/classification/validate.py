@@ -66,7 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     sd, meta = None, {}
     if args.checkpoint:
         sd, notes, raw = C.read_weights(args.checkpoint, use_ema=not args.no_ema)
-        meta = {k: raw[k] for k in ('model', 'img_size') if isinstance(raw, dict) and k in raw}
+        meta = {k: raw[k] for k in ('model', 'img_size', 'class_to_idx') if isinstance(raw, dict) and k in raw}
         _logger.info(f'{args.checkpoint}: {"; ".join(notes) or "plain state_dict"}')
     model_name = args.model or meta.get('model') or 'iformer_small'
     num_classes = args.num_classes or (C.checkpoint_num_classes(sd) if sd else None) or 1000
@@ -90,7 +90,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     root, split = args.data_dir, args.split
     if not os.path.isdir(os.path.join(root, split)):
         root, split = args.data_dir, ''  # DATA_DIR is the split folder itself
-    dataset = create_dataset('', root=root, split=split, is_training=False)
+    # A train.py checkpoint knows its class folders: label the val images by that map, so a val
+    # split with fewer (or differently ordered) folders is still scored against the right outputs.
+    class_map = meta.get('class_to_idx') or None
+    if class_map:
+        folders = sorted(d.name for d in os.scandir(os.path.join(root, split)) if d.is_dir())
+        unknown = [f for f in folders if f not in class_map]
+        if unknown:
+            raise SystemExit(f'{args.data_dir}: class folders {unknown[:5]} are not classes of {args.checkpoint} '
+                             f'(it knows {sorted(class_map)[:10]}...)')
+    dataset = create_dataset('', root=root, split=split, is_training=False, class_map=class_map or '')
     C.check_dataset_classes(dataset, num_classes, args.data_dir)
     loader = create_loader(dataset, input_size=data_cfg['input_size'], batch_size=args.batch_size,
                            is_training=False, interpolation=data_cfg['interpolation'],
