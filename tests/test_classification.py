@@ -4,6 +4,7 @@ The end-to-end runs (train, resume, validate, torchrun, detector round trip) are
 test_classification_e2e.py.
 """
 import argparse
+import os
 import importlib.util
 import logging
 from pathlib import Path
@@ -254,6 +255,17 @@ def test_pickled_checkpoint_needs_explicit_trust(to_mm, small_sd, tmp_path):
         to_mm.main([str(tmp_path / 'timm.pth'), str(tmp_path / 'out.pth')])
     to_mm.main([str(tmp_path / 'timm.pth'), str(tmp_path / 'out.pth'), '--trust-pickle'])
     assert len(torch.load(tmp_path / 'out.pth', weights_only=True)) == len(small_sd) - 4
+    # the flag widens an allow-list; it never unpickles code
+    marker = tmp_path / 'pwned'
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f'touch {marker}',))
+
+    torch.save({'state_dict': small_sd, 'args': Evil()}, tmp_path / 'evil.pth')
+    with pytest.raises(CheckpointError, match='refused by safe loading'):
+        to_mm.main([str(tmp_path / 'evil.pth'), str(tmp_path / 'out2.pth'), '--trust-pickle'])
+    assert not marker.exists()
 
 
 def test_wrong_file_is_refused_by_converter(to_mm, tmp_path):

@@ -3,7 +3,6 @@
 Every iFormer here is tiny (or iFormer-S at a small input) so the file runs in well under a
 minute on one core; timings live in tools/analysis/benchmark.py, never in tests.
 """
-import copy
 import importlib.util
 import math
 import re
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from iformer_mm.models.iformer import InceptionTransformer, LowMixer
 

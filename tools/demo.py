@@ -49,7 +49,7 @@ def build_cfg(args: argparse.Namespace, data: dict):
     from mmengine.config import Config
     cfg = Config.fromfile(CONFIG)
     size = (args.size, args.size)
-    metainfo = dict(classes=CLASSES, palette=PALETTE)
+    metainfo = dict(classes=CLASSES, palette=list(PALETTE))  # mmdet reads a tuple as one colour for all
     train_pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
@@ -174,7 +174,7 @@ def paint_predictions(runner, cfg, out_file: str) -> str:
     bgr = mmcv.rgb2bgr(rgb)
     result = inference_detector(model, bgr)
     vis = runner.visualizer  # the config's DetLocalVisualizer
-    vis.dataset_meta = dict(classes=CLASSES, palette=PALETTE)
+    vis.dataset_meta = dict(classes=CLASSES, palette=list(PALETTE))  # mmdet reads a tuple as one colour for all
     vis.add_datasample('demo', rgb, result, draw_gt=False, pred_score_thr=0.5, show=False, out_file=out_file)
     return out_file
 

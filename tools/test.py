@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
-from iformer_mm.checkpoint import explain_load_error  # noqa: E402
+
 from iformer_mm.engine import (init_distributed, prepare_runtime_cfg, teardown_distributed,  # noqa: E402
-                               trusted_run_checkpoints)
+                               run_trusted)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,15 +126,7 @@ def main(argv=None) -> None:
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         # The checkpoint is one our runs wrote: allow the mmengine/numpy objects it holds, nothing
         # else; still weights_only (iformer_mm/engine/checkpoints.py).
-        with trusted_run_checkpoints():
-            try:
-                runner.test()
-            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-                # a refused or broken checkpoint: say so, never suggest weights_only=False
-                msg = explain_load_error(e, cfg.load_from)
-                if msg is None:
-                    raise
-                raise SystemExit(f'error: {msg}') from None
+        run_trusted(runner.test, cfg.load_from)
     finally:
         teardown_distributed()
 

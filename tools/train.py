@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import pickle
 import sys
 
 # The repository root first, so `python tools/train.py` uses this checkout's iformer_mm.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
-from iformer_mm.checkpoint import CheckpointError, explain_load_error  # noqa: E402
+from iformer_mm.checkpoint import CheckpointError  # noqa: E402
 from iformer_mm.engine import (check_pretrained_files, init_distributed, prepare_runtime_cfg,  # noqa: E402
-                               teardown_distributed, trusted_run_checkpoints)
+                               teardown_distributed, run_trusted)
 from iformer_mm.engine.resilience import add_resilience_hooks  # noqa: E402
 from iformer_mm.env import StackError, require_stack  # noqa: E402
 from iformer_mm.preflight import ConfigError, check_config, explain_build_error  # noqa: E402
@@ -129,15 +128,7 @@ def main(argv=None) -> None:
             raise SystemExit(f'error: {hint}') from None
         # Checkpoints of our own runs (resume, load_from) hold mmengine/numpy objects: allow
         # exactly those, loading stays weights_only (iformer_mm/engine/checkpoints.py).
-        with trusted_run_checkpoints():
-            try:
-                runner.train()
-            except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-                # a refused or broken checkpoint: say so, never suggest weights_only=False
-                msg = explain_load_error(e, cfg.get('load_from'))
-                if msg is None:
-                    raise
-                raise SystemExit(f'error: {msg}') from None
+        run_trusted(runner.train, cfg.get('load_from'))
     finally:
         teardown_distributed()
 

@@ -2,14 +2,9 @@
 # 80k iterations, crop 512x512, 16 images per batch (8 GPUs x 2). Paper: 48.6 mIoU.
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py',
-    'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
+    './_base_/iformer_ade20k.py',
     'mmseg::_base_/schedules/schedule_80k.py',
 ]
-# In the file (not --cfg-options): mmengine imports these while it reads the config.
-# iformer_mm registers the backbone; iformer_mm.mmseg_ext the checked ADE20K dataset.
-custom_imports = dict(imports=['iformer_mm', 'iformer_mm.mmseg_ext'], allow_failed_imports=False)
-
 # The authors' ImageNet checkpoint; override with
 # --cfg-options model.backbone.init_cfg.checkpoint=PATH (or init_cfg=None to train from scratch).
 checkpoint_file = 'checkpoints/iformer_small.pth'
@@ -32,30 +27,6 @@ model = dict(
     decode_head=dict(num_classes=150, norm_cfg=norm_cfg),
     test_cfg=dict(mode='whole'))
 
-# Dataset: mmseg's ADE20K pipelines; the checked dataset names a missing/mismatched
-# annotation before training starts instead of failing inside a worker.
-train_dataloader = dict(batch_size=2, dataset=dict(type='CheckedADE20KDataset'))
-val_dataloader = dict(batch_size=1, dataset=dict(type='CheckedADE20KDataset'))
-test_dataloader = val_dataloader
-
-# Multi-scale + flip test-time augmentation (tools/test.py --tta): the test scale
-# (2048, 512) times each ratio, keep-ratio, each with and without a horizontal flip.
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale=(int(2048 * r), int(512 * r)), keep_ratio=True)
-             for r in img_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='LoadAnnotations')],
-            [dict(type='PackSegInputs')],
-        ])
-]
-tta_model = dict(type='SegTTAModel')
-
 # AdamW, no weight decay on position tables, layer scales and norm layers.
 optim_wrapper = dict(
     _delete_=True,
@@ -67,5 +38,3 @@ optim_wrapper = dict(
 param_scheduler = [
     dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=80000, by_epoch=False)
 ]
-# Linear scaling rule for --auto-scale-lr (other numbers of GPUs / images per GPU).
-auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -4,13 +4,9 @@
 # Paper: 48.4 mIoU.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
-    'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py',
+    './_base_/iformer_ade20k.py',
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
-# In the file (not --cfg-options): mmengine imports these while it reads the config.
-custom_imports = dict(imports=['iformer_mm', 'iformer_mm.mmseg_ext'], allow_failed_imports=False)
-
 # Override with --cfg-options model.backbone.init_cfg.checkpoint=PATH.
 checkpoint_file = 'checkpoints/iformer_small.pth'
 crop_size = (512, 512)
@@ -35,27 +31,6 @@ model = dict(
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     test_cfg=dict(mode='whole'))
 
-train_dataloader = dict(batch_size=2, dataset=dict(type='CheckedADE20KDataset'))
-val_dataloader = dict(batch_size=1, dataset=dict(type='CheckedADE20KDataset'))
-test_dataloader = val_dataloader
-
-# Multi-scale + flip test-time augmentation (tools/test.py --tta).
-img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
-tta_pipeline = [
-    dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale=(int(2048 * r), int(512 * r)), keep_ratio=True)
-             for r in img_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='LoadAnnotations')],
-            [dict(type='PackSegInputs')],
-        ])
-]
-tta_model = dict(type='SegTTAModel')
-
 # AdamW, no weight decay on position tables, layer scales and norm layers.
 optim_wrapper = dict(
     _delete_=True,
@@ -68,4 +43,3 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
     dict(type='PolyLR', power=1.0, eta_min=0.0, begin=1500, end=160000, by_epoch=False),
 ]
-auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -85,7 +85,7 @@ def build_imagefolder_from_coco(
         classes: COCO category names, one ImageFolder class each.
         size: side of the saved square images, in px.
         min_size: skip instances whose box is smaller than this on either side.
-        max_per_class: keep at most this many instances per class (``None``: all).
+        max_per_class: keep at most this many instances per class (``None`` or 0: all).
         val_every: every ``val_every``-th instance of a class goes to ``val/``.
         context: extra margin around the box, as a fraction of its longer side.
 
@@ -101,7 +101,7 @@ def build_imagefolder_from_coco(
     by_class, files = _load_instances(coco_root, min_size)
     counts: Dict[str, Dict[str, int]] = {'train': {}, 'val': {}}
     for name in classes:
-        anns = sorted(by_class.get(name, []), key=lambda a: a['id'])[:max_per_class]
+        anns = sorted(by_class.get(name, []), key=lambda a: a['id'])[:max_per_class or None]
         if len(anns) < val_every:
             raise ValueError(
                 f'class {name!r} has {len(anns)} instances of >= {min_size}px in {coco_root}; need at '
@@ -129,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--classes', nargs='+', default=list(DEFAULT_CLASSES))
     parser.add_argument('--size', type=int, default=64)
     parser.add_argument('--min-size', type=int, default=32)
-    parser.add_argument('--max-per-class', type=int, default=10)
+    parser.add_argument('--max-per-class', type=int, default=10, help='0: all')
     parser.add_argument('--val-every', type=int, default=4)
     args = parser.parse_args(argv)
     counts = build_imagefolder_from_coco(args.coco_root, args.out_dir, args.classes, args.size,

@@ -19,7 +19,7 @@ import logging
 import os
 import pickle
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -79,6 +79,22 @@ TRUSTED_RUN_CHECKPOINT_GLOBALS: Tuple[str, ...] = (
     'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct',
     'numpy._core.multiarray.scalar',
 ) + tuple(f'numpy.dtypes.{n}' for n in _NUMPY_DTYPES)
+
+
+def run_trusted(step: Callable[[], Any], checkpoint: Optional[str]) -> Any:
+    """Run ``runner.train`` / ``runner.test`` with our runs' checkpoints trusted (allow-list
+    above), turning a refused or broken ``checkpoint`` into one clear ``SystemExit`` message —
+    never torch's advice to retry with ``weights_only=False``.
+    """
+    from ..checkpoint import explain_load_error
+    with trusted_run_checkpoints():
+        try:
+            return step()
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            msg = explain_load_error(e, checkpoint)
+            if msg is None:
+                raise
+            raise SystemExit(f'error: {msg}') from None
 
 
 @contextmanager

@@ -339,7 +339,7 @@ def analyse(target: str, shape: Optional[Sequence[int]] = None, backbone_only: b
         wrapped, params = SegDummy(model), params_all
     else:
         wrapped, params = model, params_all
-    wrapped.eval()
+    wrapped.eval()  # (some mm backbones' train() returns None: never chain it)
     img = torch.randn(1, 3, H, W)
     paper = count_paper(wrapped, lambda: wrapped(img))
     full, by_op = count_full(wrapped, (img,))

@@ -444,7 +444,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                     f'loss {record["val_loss"]:.4f}')
             if model_ema is not None:
                 msg += f' (EMA top-1 {record["ema_val_top1"]:.2f})'
-        msg += f'; best {args.eval_metric} {best_metric:.4f} @ epoch {best_epoch}'
+        if val_loader is not None:
+            msg += f'; best {args.eval_metric} {best_metric:.4f} @ epoch {best_epoch}'
+        else:  # no val split: best = lowest train loss
+            msg += f'; best train loss {-best_metric:.4f} @ epoch {best_epoch}'
         _logger.info(msg)
         history.append(record)
 

@@ -16,8 +16,11 @@ Use the output as ``model.backbone.init_cfg=dict(type='Pretrained', checkpoint=O
 (without prefix) or with ``load_from`` (with ``--prefix backbone.``).
 
 A checkpoint that safe loading refuses (e.g. a timm ``train.py`` file that pickled its
-``argparse.Namespace``) is rejected; if you produced that file yourself, ``--trust-pickle``
-reads it once with full unpickling, and the output is safe from then on.
+``argparse.Namespace``, or an mmengine training checkpoint with logger state) is rejected; if
+you produced that file yourself, ``--trust-pickle`` reads it with an allow-list of exactly those
+data classes (``argparse.Namespace`` and the mmengine/numpy classes of
+``iformer_mm.engine.checkpoints``) — still ``weights_only=True``: nothing else is unpickled, so
+even with the flag a file cannot run code. The output is tensors only.
 """
 from __future__ import annotations
 
@@ -39,15 +42,17 @@ MM_OUT_NORM_RE = re.compile(r'^norm\d\.')  # the mm backbone's per-stage output 
 
 
 def read_any(path: str, trust_pickle: bool = False) -> Any:
-    """The package's safe read; full unpickling only when the user vouches for the file."""
+    """The package's safe read; with ``trust_pickle`` a fixed allow-list of training-state classes."""
     try:
         return load_checkpoint_file(path)
     except CheckpointError as e:
         if not trust_pickle or 'safe loading' not in str(e):
             raise
-        _logger.warning(f'{path}: safe loading refused it; unpickling fully because of --trust-pickle '
-                        '(only do this for files you produced yourself)')
-        return torch.load(path, map_location='cpu', weights_only=False)
+    from iformer_mm.engine.checkpoints import trusted_globals
+    _logger.warning(f'{path}: holds training state (--trust-pickle): reading it with the allow-list '
+                    'argparse.Namespace + mmengine logger classes, still weights_only=True')
+    with torch.serialization.safe_globals(trusted_globals() + [argparse.Namespace]):
+        return load_checkpoint_file(path)
 
 
 def build_reference(sd: Dict[str, torch.Tensor], num_classes: int = 0) -> InceptionTransformer:
@@ -106,7 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p.add_argument('--keep-head', action='store_true', help='keep head/norm (a full classifier state_dict)')
     p.add_argument('--no-verify', action='store_true', help='skip the strict load check (custom archs)')
     p.add_argument('--trust-pickle', action='store_true',
-                   help='read a checkpoint that safe loading refuses (only files you produced)')
+                   help='also accept argparse.Namespace and mmengine logger state (your own training '
+                   'checkpoints); still weights_only=True')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     obj = read_any(args.src, args.trust_pickle)

@@ -10,7 +10,8 @@ classification task.
     python tools/model_converters/mm_to_iformer.py work_dirs/mask_rcnn/epoch_12.pth iformer_s_det.pth --trust-pickle
 
 mmengine's own checkpoints pickle its logging objects, which ``weights_only=True`` refuses:
-``--trust-pickle`` reads such a file once (only files you produced); the output is tensors only.
+``--trust-pickle`` reads such a file with a fixed allow-list of training-state classes (still
+``weights_only=True``: a crafted file cannot run code); the output is tensors only.
 """
 from __future__ import annotations
 
