@@ -71,5 +71,8 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install_import_hook() -> None:
+    """Install the finder (``IFORMER_NO_TVFIX=1`` disables it, e.g. to test whether it is needed)."""
+    if os.environ.get('IFORMER_NO_TVFIX') == '1':
+        return
     if 'torchvision' not in sys.modules and not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())

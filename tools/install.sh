@@ -53,9 +53,10 @@ pip_ --no-build-isolation --no-deps -e "$here"
 
 # CPU torch + the registry's CUDA-only torchvision: teach the interpreter to import it
 # (a start-up hook that costs nothing until torchvision is imported; see iformer_mm_tvfix.py).
-if ! "$PY" -c "import torchvision" >/dev/null 2>&1; then
-  site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  echo "import iformer_mm_tvfix; iformer_mm_tvfix.install_import_hook()" > "$site/iformer_mm_tvfix.pth"
+site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if ! IFORMER_NO_TVFIX=1 "$PY" -c "import torchvision" >/dev/null 2>&1; then
+  # Guarded: if the package is uninstalled later, start-up stays silent.
+  echo "import importlib.util as _u; _u.find_spec('iformer_mm_tvfix') and __import__('iformer_mm_tvfix').install_import_hook()" > "$site/iformer_mm_tvfix.pth"
   echo "[install] torchvision's C++ ops cannot load on this torch: installed $site/iformer_mm_tvfix.pth"
 fi
 "$PY" -c "import timm, torchvision, iformer_mm, mmcv.ops; print('[install] ok: iformer_mm', iformer_mm.__version__, '| timm', timm.__version__)"
