@@ -73,11 +73,18 @@ def test_mm_backbone_matches_golden(name, cases, checkpoints):
     assert max(stage_errors(list(outs), case)) <= TOL
 
 
+@pytest.mark.parametrize('scale_after', [False, True], ids=['prescaled_q', 'authors_order'])
 @pytest.mark.parametrize('name', ['tiny_nonsquare', 'small_nonsquare'])
-def test_naive_attention_matches_golden(name, cases, checkpoints):
-    """The explicit softmax(QK^T)V baseline gives the same numbers (it is the equivalence reference)."""
+def test_naive_attention_matches_golden(name, scale_after, cases, checkpoints):
+    """The explicit softmax(QK^T)V baseline gives the same numbers (it is the equivalence
+    reference), in both op orders the benchmark times (q pre-scaled; the released code's
+    ``(QK^T) * scale``)."""
     case = cases[name]
     model = _core(_variant(name), checkpoints[_variant(name)], attn_impl='naive')
+    lows = [m for m in model.modules() if hasattr(m, 'scale_after')]
+    assert lows
+    for m in lows:
+        m.scale_after = scale_after
     with torch.no_grad():
         final, stages = model.forward_intermediates(case_input(case))
     assert rel_err(model.forward_head(final), case['logits']) <= TOL

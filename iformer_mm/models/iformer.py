@@ -292,11 +292,17 @@ class LowMixer(nn.Module):
         self.attn_impl = attn_impl
         self.window_size = window_size
         self.qkv = nn.Linear(dim, dim * 3)
+        # Plain attribute (the benchmark flips it): with 'naive', scale the N x N map after
+        # QK^T exactly as the authors' released code does, instead of scaling q first.
+        self.scale_after = False
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.attn_impl == 'naive':
-            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if self.scale_after:  # the released code's order: one more pass over the N x N map
+                attn = (q @ k.transpose(-2, -1)) * self.scale
+            else:
+                attn = (q * self.scale) @ k.transpose(-2, -1)
             if mask is not None:
                 attn = attn.masked_fill(~mask, float('-inf'))
             return attn.softmax(dim=-1) @ v

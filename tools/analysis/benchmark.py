@@ -4,12 +4,19 @@ Every configuration runs in a fresh subprocess (so peak RSS of one never leaks i
 another), on the same deterministic weights for all iFormer implementations:
 
 * ``naive``  — ``attn_impl='naive'``: the authors' data flow with softmax(QK^T)V
-  materialised (the baseline every ratio is taken against);
+  materialised, q pre-scaled (the baseline every ratio is taken against; it reproduces
+  the reference point of the performance issue, ~59 s / 14 GB at 800x1344);
+* ``authors`` — ``naive`` with the released code's exact op order ``(QK^T) * scale``: one
+  more pass over (and one more allocation of) every N x N map. Backbone cases only; shown
+  for users comparing against the official implementation, not used as the baseline;
 * ``kernel`` — the authors' data flow with only the fused attention kernel swapped in
   (what "just call scaled_dot_product_attention" buys);
 * ``ours``   — ``attn_impl='fused'``: the shipped path (channels-last mixer, 1x1 convs as
   matmuls, in-place inference, recomputed local branches and GELU in backward);
-* ``swin_t`` — mmdet's Swin-T (same FLOPs class as iFormer-S), the peer.
+* ``swin_t`` — mmdet's Swin-T (same FLOPs class as iFormer-S), the peer;
+* ``sdpa_only`` — only the attention calls ours makes for that input (same shapes, fused
+  kernel, forward and backward): the floor any exact implementation built on PyTorch's
+  kernel pays before a single conv, norm or MLP runs.
 
 Measured: forward (eval, no grad) and forward+backward (train mode, sum of outputs)
 median wall time after one warm-up, peak RSS of the process, achieved GFLOP/s (MACs
@@ -62,7 +69,7 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
         det_shape, seg_shape, step_shape = (256, 384), (256, 256), (256, 384)
     else:
         bb = [('backbone_800x1344', 800, 1344, 1), ('backbone_224', 224, 224, 32),
-              ('backbone_512', 512, 512, 2)]
+              ('backbone_224_b8', 224, 224, 8), ('backbone_512', 512, 512, 2)]
         det_shape, seg_shape, step_shape = (800, 1344), (512, 512), (800, 1333)
     cases: List[Dict[str, Any]] = [dict(kind='matmul', name='matmul_fp32', impl='-', mode='fwd')]
     for name, h, w, b in bb:
@@ -70,9 +77,11 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
         for impl in ('ours', 'swin_t'):
             cases.append(dict(kind='flops', name=name, impl=impl, mode='count', shape=[h, w], batch=b))
         for mode in ('fwdbwd', 'fwd'):
-            for impl in ('naive', 'kernel', 'ours', 'swin_t'):
+            for impl in ('naive', 'authors', 'kernel', 'ours', 'swin_t'):
                 cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
                                   batch=b))
+            cases.append(dict(kind='attention', name=name, impl='sdpa_only', mode=mode, shape=[h, w],
+                              batch=b))
     if variants:
         name, h, w, b = bb[0]
         for impl in VARIANTS:
@@ -107,11 +116,13 @@ def _current_rss_gb() -> float:
 
 
 def _set_impl(model: Any, impl: str) -> None:
-    """``kernel``: keep the reference data flow but use the fused attention kernel."""
-    if impl == 'kernel':
-        for m in model.modules():
-            if hasattr(m, 'reference_flow'):
-                m.reference_flow = True
+    """``kernel``: keep the reference data flow but use the fused attention kernel;
+    ``authors``: the naive baseline in the released code's op order."""
+    for m in model.modules():
+        if impl == 'kernel' and hasattr(m, 'reference_flow'):
+            m.reference_flow = True
+        if impl == 'authors' and hasattr(m, 'scale_after'):
+            m.scale_after = True
 
 
 # Memory-saving variants of ours (``--variants``): gradient checkpointing of every stage /
@@ -127,7 +138,7 @@ def _iformer_backbone(impl: str) -> Any:
     import torch
     from iformer_mm.models.backbone import IFormer
     torch.manual_seed(0)  # same weights for naive / kernel / ours
-    m = IFormer('small', drop_path_rate=0.0, attn_impl='naive' if impl == 'naive' else 'fused',
+    m = IFormer('small', drop_path_rate=0.0, attn_impl='naive' if impl in ('naive', 'authors') else 'fused',
                 **VARIANTS.get(impl, {}))
     _set_impl(m, impl)
     return m
@@ -206,6 +217,40 @@ def _seg_sample(h: int, w: int, seed: int = 0) -> Any:
     return s
 
 
+def _attention_only(batch: int, h: int, w: int, train: bool) -> Tuple[Callable[[], Any], int]:
+    """A callable running just the attention calls ours makes on a ``batch x 3 x h x w``
+    input (shapes recorded from one forward), with backward when ``train``; and the
+    matmul FLOPs it does (forward 2 matmuls; backward 5, as the kernel recomputes QK^T)."""
+    import torch
+    import torch.nn.functional as F
+    shapes: List[Tuple[int, ...]] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def record(q: Any, *args: Any, **kwargs: Any) -> Any:
+        shapes.append(tuple(q.shape))
+        return sdpa(q, *args, **kwargs)
+    model = _iformer_backbone('ours').eval()
+    F.scaled_dot_product_attention = record
+    try:
+        with torch.no_grad():
+            model(torch.zeros(batch, 3, h, w))
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    del model
+    g = torch.Generator().manual_seed(0)
+    qkv = [[torch.randn(s, generator=g).requires_grad_(train) for _ in range(3)] for s in shapes]
+
+    def fn() -> Any:
+        for q, k, v in qkv:
+            if train:
+                sdpa(q, k, v).sum().backward()
+            else:
+                with torch.no_grad():
+                    sdpa(q, k, v)
+    fwd = sum(2 * 2 * s[0] * s[1] * s[2] * s[2] * s[3] for s in shapes)  # QK^T and PV
+    return fn, int(fwd * (3.5 if train else 1))
+
+
 def _flops(module: Any, inputs: Tuple[Any, ...]) -> Optional[int]:
     """Forward MACs with attention (fvcore rules), or None if the model cannot be traced."""
     try:
@@ -256,7 +301,9 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float) -> Dict[str, Any]:
         f1 = _flops(BackboneOnly(model), (torch.randn(1, 3, h, w),))
         res.update(flops=None if f1 is None else f1 * B)
         return res
-    if c['kind'] == 'backbone':
+    if c['kind'] == 'attention':
+        fn, res['attn_flops'] = _attention_only(B, h, w, train)
+    elif c['kind'] == 'backbone':
         model = _swin_backbone() if c['impl'] == 'swin_t' else _iformer_backbone(c['impl'])
         x = torch.randn(B, 3, h, w)
         if c['mode'] == 'fwd':
@@ -368,8 +415,10 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             fl = None
             if r['kind'] == 'backbone':
                 fl = counted.get((r['name'], 'swin_t' if r['impl'] == 'swin_t' else 'ours'))
+            work = r.get('attn_flops')
             if fl:
                 work = 2 * fl * (3 if r['mode'] == 'fwdbwd' else 1)
+            if work:
                 row['gflops'] = work / r['median_s'] / 1e9
                 if mm is not None:
                     row['frac_of_matmul'] = row['gflops'] / mm['gflops']
