@@ -141,26 +141,52 @@ class AtomicCheckpointHook(Hook):
 
 @HOOKS.register_module()
 class RNGStateHook(Hook):
-    """Save torch/CUDA RNG states in checkpoints; restore them before the first resumed iteration."""
+    """Save torch/CUDA RNG states in checkpoints; restore them before the first resumed iteration.
+
+    In a distributed run every process's states are gathered into the checkpoint (only rank
+    0 writes the file), and each process gets its own back on resume, so a multi-process
+    resume is bit-identical too. Resuming with a different number of processes falls back
+    to rank 0's state on every rank, with a warning.
+    """
 
     priority = 'VERY_LOW'
 
     def __init__(self) -> None:
         self._pending: Optional[dict] = None
 
-    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+    @staticmethod
+    def _local_state() -> dict:
         state = {'torch': torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state['cuda'] = torch.cuda.get_rng_state_all()
+        return state
+
+    def before_save_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        from mmengine.dist import all_gather_object, get_world_size
+        state = self._local_state()
+        if get_world_size() > 1:
+            # Runs on every rank (mmengine calls the hook before its master-only write).
+            state = dict(state, ranks=all_gather_object(self._local_state()))
         checkpoint[RNG_STATE_KEY] = state
 
     def after_load_checkpoint(self, runner: Any, checkpoint: dict) -> None:
+        from mmengine.dist import get_rank, get_world_size
         # Applied later: mmengine re-seeds and replays the skipped batches after loading.
-        self._pending = checkpoint.get(RNG_STATE_KEY)
-        if self._pending is None:
+        state = checkpoint.get(RNG_STATE_KEY)
+        if state is None:
             runner.logger.warning('checkpoint has no RNG state (not saved with RNGStateHook): '
                                   'training continues correctly, but random draws differ from '
                                   'an uninterrupted run')
+        else:
+            ranks, world = state.get('ranks'), get_world_size()
+            if ranks is not None and len(ranks) == world:
+                state = ranks[get_rank()]
+            elif world > 1 or ranks is not None:
+                runner.logger.warning(
+                    f'checkpoint RNG state was saved by {len(ranks) if ranks else 1} process(es), '
+                    f'resuming with {world}: every process continues from rank 0\'s state '
+                    '(training is correct; random draws differ from an uninterrupted run)')
+        self._pending = state
 
     def before_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
         if self._pending is None:
