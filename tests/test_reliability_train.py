@@ -244,3 +244,27 @@ def test_tools_refuse_crafted_checkpoint(tool, tmp_path, repo_root, tiny_coco_di
         or "object 'builtins.open'" in res.stderr, res.stderr[-2000:]
     assert 'weights_only` set to `False`' not in res.stderr
     assert not marker.exists()
+
+
+def test_test_tool_preflight_names_missing_test_set_and_checkpoint(tmp_path, repo_root, tiny_coco_dir):
+    """tools/test.py runs the same preflight as train.py: a moved test set or a mistyped
+    checkpoint path fails before any model is built, naming the setting and the fix."""
+    cfg = tmp_path / 'tiny_mask_rcnn_test.py'
+    cfg.write_text(TEST_CONFIG.format(base=str(repo_root / 'configs/detection/mask_rcnn_iformer_s_1x.py'),
+                                      data_root=str(tiny_coco_dir) + '/'))
+    ckpt = tmp_path / 'iter_2.pth'
+    torch.save({'state_dict': {}}, ckpt)
+    tool = [sys.executable, str(repo_root / 'tools/test.py'), str(cfg)]
+
+    res = subprocess.run(tool + [str(tmp_path / 'missing.pth')], env=_env(), capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 1
+    assert "missing.pth' not found (give the .pth that tools/train.py wrote" in res.stderr
+    assert 'Traceback' not in res.stderr
+
+    moved = str(tmp_path / 'nowhere') + '/'
+    res = subprocess.run(tool + [str(ckpt), '--cfg-options', f'test_dataloader.dataset.data_root={moved}'],
+                         env=_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 1
+    assert f"test_dataloader.dataset.data_root={moved!r} does not exist" in res.stderr, res.stderr[-1500:]
+    assert 'Traceback' not in res.stderr

@@ -27,7 +27,7 @@ and mmdet's Swin-T Mask R-CNN at 800x1333, batch 1.
 
 Usage::
 
-    python tools/analysis/benchmark.py                 # everything (~20 min idle, 2 cores)
+    python tools/analysis/benchmark.py                 # everything (~55 min idle, 1 thread)
     python tools/analysis/benchmark.py --quick         # small shapes, ~2 min: a smoke test
     python tools/analysis/benchmark.py --only backbone_800x1344 --json out.json
     python tools/analysis/benchmark.py --variants --only ours+   # with_cp / windowed variants
@@ -125,12 +125,14 @@ def _set_impl(model: Any, impl: str) -> None:
             m.scale_after = True
 
 
-# Memory-saving variants of ours (``--variants``): gradient checkpointing of every stage /
-# of the two high-resolution stages, and windowed attention (14 pooled tokens) in stages 1-2.
+# Variants of ours (``--variants``): gradient checkpointing of every stage / of the two
+# high-resolution stages, windowed attention (14 pooled tokens) in stages 1-2, and
+# torch.compile with the default (inductor) backend.
 VARIANTS = {
     'ours+cp': dict(with_cp=True),
     'ours+cp12': dict(with_cp=[True, True, False, False]),
     'ours+win14': dict(window_size=[14, 14, None, None]),
+    'ours+compile': {},  # torch.compile (inductor); the warm-up run includes compilation
 }
 
 
@@ -305,18 +307,19 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float) -> Dict[str, Any]:
         fn, res['attn_flops'] = _attention_only(B, h, w, train)
     elif c['kind'] == 'backbone':
         model = _swin_backbone() if c['impl'] == 'swin_t' else _iformer_backbone(c['impl'])
+        call = torch.compile(model) if c['impl'].endswith('+compile') else model
         x = torch.randn(B, 3, h, w)
         if c['mode'] == 'fwd':
             model.eval()
 
             def fn() -> Any:
                 with torch.no_grad():
-                    return model(x)
+                    return call(x)
         else:
             model.train()
 
             def fn() -> Any:
-                out = model(x)
+                out = call(x)
                 sum(o.float().sum() for o in out).backward()
                 model.zero_grad(set_to_none=True)
     elif c['kind'] in ('maskrcnn', 'semfpn'):
@@ -450,6 +453,26 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     return '\n'.join(out)
 
 
+def format_markdown(rows: List[Dict[str, Any]]) -> str:
+    """The same table as :func:`format_table`, as GitHub markdown (for docs)."""
+    out = ['| case | mode | impl | median s | peak RSS GB | time / naive | memory / naive | '
+           'time / Swin-T | GFLOP/s | % of matmul |', '|---|---|---|---|---|---|---|---|---|---|']
+
+    def f(r: Dict[str, Any], key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r.get(key) is not None else ''
+    for r in rows:
+        if r['kind'] == 'flops' or 'error' in r:
+            continue
+        if r['kind'] == 'matmul':
+            out.append(f"| matmul 4096² fp32 | | | {r['median_s']:.3f} | | | | | {r['gflops']:.1f} | 100 |")
+            continue
+        pct = format(100 * r['frac_of_matmul'], '.0f') if r.get('frac_of_matmul') else ''
+        out.append(f"| {r['name']} b{r.get('batch', 1)} | {r['mode']} | {r['impl']} | {r['median_s']:.3f} | "
+                   f"{r['peak_rss_gb']:.2f} | {f(r, 'time_vs_naive', '.3f')} | {f(r, 'mem_vs_naive', '.3f')} | "
+                   f"{f(r, 'time_vs_swin', '.2f')} | {f(r, 'gflops', '.1f')} | {pct} |")
+    return '\n'.join(out)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -466,12 +489,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--variants', action='store_true',
                         help='also measure ours with with_cp / windowed attention at the largest size')
     parser.add_argument('--list', action='store_true', help='print the case ids and exit')
+    parser.add_argument('--markdown', metavar='JSON', default=None,
+                        help='print the table of an earlier --json run as markdown and exit')
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.worker:
         worker_main(args.worker, args.repeats, args.budget, args.threads)
+        return 0
+    if args.markdown:
+        with open(args.markdown) as f:
+            print(format_markdown(summarise(json.load(f)['results'])))
         return 0
     cases = plan(args.quick, args.variants)
     if args.only:
