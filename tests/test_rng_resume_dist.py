@@ -37,9 +37,11 @@ def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
         # diff_rank_seed-style: every rank has its own stream.
         torch.manual_seed(100 + rank)
         torch.rand(7)
-        ckpt = {}
-        RNGStateHook().before_save_checkpoint(_Runner(), ckpt)
-        if rank == 0:  # mmengine writes the file on rank 0 only
+        hook = RNGStateHook()
+        hook.after_train_iter(_Runner(), 0)  # every rank, as mmengine runs it
+        if rank == 0:  # Runner.save_checkpoint (and the hook before it) is master-only
+            ckpt = {}
+            hook.before_save_checkpoint(_Runner(), ckpt)
             torch.save(ckpt, os.path.join(folder, 'ckpt.pth'))
         expected = torch.rand(4)  # what an uninterrupted run draws next
         dist.barrier()
