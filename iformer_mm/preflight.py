@@ -22,7 +22,8 @@ import os.path as osp
 from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 __all__ = ['ConfigError', 'CUSTOM_IMPORTS_FIX', 'check_config', 'check_backbone_types',
-           'check_dataset_paths', 'check_num_classes', 'explain_build_error']
+           'check_dataset_paths', 'check_num_classes', 'explain_build_error', 'preflight_or_exit',
+           'build_runner']
 
 CUSTOM_IMPORTS_FIX = "custom_imports=dict(imports=['iformer_mm'], allow_failed_imports=False)"
 # Full JSON parse up to this size; above it only the first/last bytes are checked (COCO's
@@ -233,3 +234,29 @@ def explain_build_error(exc: BaseException) -> Optional[str]:
                 f'and add {CUSTOM_IMPORTS_FIX} to the config file (custom_imports given through '
                 '--cfg-options is ignored).')
     return None
+
+
+def preflight_or_exit(cfg: Any, splits: Optional[Tuple[str, ...]] = None) -> None:
+    """What ``tools/train.py`` and ``tools/test.py`` check before building anything: the
+    installed stack for the config's toolbox, then :func:`check_config`. A problem ends the
+    process with one ``error: ...`` message naming the fix (no traceback)."""
+    from .env import StackError, require_stack
+    try:
+        require_stack({'mmdet': 'det', 'mmseg': 'seg'}.get(cfg.get('default_scope'), 'mm'))
+        check_config(cfg, splits=splits)
+    except (StackError, ConfigError) as e:
+        raise SystemExit(f'error: {e}') from None
+
+
+def build_runner(cfg: Any) -> Any:
+    """mmengine's Runner for ``cfg`` (or its ``runner_type``); a registry miss of our backbone
+    ends the process with the fix from :func:`explain_build_error`."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    try:
+        return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    except KeyError as e:
+        hint = explain_build_error(e)
+        if hint is None:
+            raise
+        raise SystemExit(f'error: {hint}') from None

@@ -27,8 +27,7 @@ import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IF
 
 from iformer_mm.engine import (init_distributed, prepare_runtime_cfg, teardown_distributed,  # noqa: E402
                                run_trusted)
-from iformer_mm.env import StackError, require_stack  # noqa: E402
-from iformer_mm.preflight import ConfigError, check_config, explain_build_error  # noqa: E402
+from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,23 +119,11 @@ def main(argv=None) -> None:
     # The same preflight as tools/train.py, for what a test run reads (build_cfg already
     # checked the checkpoint path): a broken install, a backbone type the registry cannot
     # find, a missing test set or a class-count mismatch fail here with the fix.
-    try:
-        require_stack({'mmdet': 'det', 'mmseg': 'seg'}.get(cfg.get('default_scope'), 'mm'))
-        check_config(cfg, splits=('test',))
-    except (StackError, ConfigError) as e:
-        raise SystemExit(f'error: {e}') from None
+    preflight_or_exit(cfg, splits=('test',))
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     init_distributed(cfg, args.launcher)
     try:
-        try:
-            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        except KeyError as e:
-            hint = explain_build_error(e)
-            if hint is None:
-                raise
-            raise SystemExit(f'error: {hint}') from None
+        runner = build_runner(cfg)
         if args.out is not None and _scope(cfg) == 'mmdet':
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

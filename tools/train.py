@@ -26,8 +26,7 @@ from iformer_mm.checkpoint import CheckpointError  # noqa: E402
 from iformer_mm.engine import (check_pretrained_files, init_distributed, prepare_runtime_cfg,  # noqa: E402
                                teardown_distributed, run_trusted)
 from iformer_mm.engine.resilience import add_resilience_hooks  # noqa: E402
-from iformer_mm.env import StackError, require_stack  # noqa: E402
-from iformer_mm.preflight import ConfigError, check_config, explain_build_error  # noqa: E402
+from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,24 +107,12 @@ def main(argv=None) -> None:
     # Broken installs and configs fail here, in a second, with the fix (iformer_mm/env.py,
     # iformer_mm/preflight.py); checkpoints are written atomically and resume with the RNG
     # positions of the interrupted run (iformer_mm/engine/resilience.py).
-    try:
-        require_stack({'mmdet': 'det', 'mmseg': 'seg'}.get(cfg.get('default_scope'), 'mm'))
-        check_config(cfg)
-    except (StackError, ConfigError) as e:
-        raise SystemExit(f'error: {e}') from None
+    preflight_or_exit(cfg)
     add_resilience_hooks(cfg)
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     init_distributed(cfg, args.launcher)
     try:
-        try:
-            runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        except KeyError as e:
-            hint = explain_build_error(e)
-            if hint is None:
-                raise
-            raise SystemExit(f'error: {hint}') from None
+        runner = build_runner(cfg)
         # Checkpoints of our own runs (resume, load_from) hold mmengine/numpy objects: allow
         # exactly those, loading stays weights_only (iformer_mm/engine/checkpoints.py).
         run_trusted(runner.train, cfg.get('load_from'))
