@@ -110,26 +110,39 @@ def test_fused_training_path_equals_naive_outputs_and_gradients():
     _assert_grads_close(grads, ref_grads)
 
 
-def test_recompute_switch_does_not_change_gradients():
+@pytest.mark.parametrize('mode', ['store', 'autograd'])
+def test_local_grad_modes_give_the_same_outputs_and_gradients(mode):
+    """Recomputing the mixers' local part (default), storing it, or plain autograd through
+    it: bit-identical outputs, the same gradients."""
     fused = _tiny()
-    plain = _same_weights(fused)
-    for m in plain.modules():
-        if hasattr(m, 'recompute_local'):
-            m.recompute_local = False
+    other = _same_weights(fused)
+    for m in other.modules():
+        if hasattr(m, 'local_grad'):
+            m.local_grad = mode
     x = _input()
     out_a, g_a = _loss_and_grads(fused, x)
-    out_b, g_b = _loss_and_grads(plain, x)
+    out_b, g_b = _loss_and_grads(other, x)
     for a, b in zip(out_a, out_b):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a, b)
     _assert_grads_close(g_b, g_a, 1e-5)
+
+
+def test_local_grad_argument_per_stage_and_errors():
+    model = _tiny(local_grad=['store', 'store', 'recompute', 'recompute'])
+    modes = [blk.attn.local_grad for i in range(4) for blk in model.stage_modules(i)[2]]
+    assert modes == ['store', 'store', 'recompute', 'recompute', 'recompute']
+    with pytest.raises(ValueError, match="local_grad entries must be one of"):
+        _tiny(local_grad='keep')
+    with pytest.raises(ValueError, match='one per stage'):
+        _tiny(local_grad=['store', 'store'])
 
 
 @pytest.mark.parametrize('pool,hw', [(True, (8, 12)), (True, (7, 9)), (False, (5, 6))],
                          ids=['pooled_even', 'pooled_odd', 'unpooled'])
 def test_hand_written_local_backward_matches_autograd(pool, hw):
-    """The mixer's recomputed local part (hand-written backward, buffers reused in place)
-    gives bit-identical outputs and the same input and weight gradients as autograd
-    through the plain forward."""
+    """The mixer's local part with its hand-written backward, recomputing (buffers reused in
+    place) or storing, gives bit-identical outputs and the same input and weight gradients
+    as autograd through the plain forward; a retained graph can be differentiated twice."""
     torch.manual_seed(0)
     mixer = InceptionMixer(96, 1, pool=pool).train()
     with torch.no_grad():
@@ -137,16 +150,21 @@ def test_hand_written_local_backward_matches_autograd(pool, hw):
             p.normal_(0, 0.2)
     x = torch.randn(2, *hw, 96, requires_grad=True)
     weights = [p for n, p in mixer.named_parameters() if not n.startswith('low_mixer.')]
-    results = []
-    for recompute in (True, False):
-        mixer.recompute_local = recompute
+    results = {}
+    for mode in ('autograd', 'recompute', 'store'):
+        mixer.local_grad = mode
         out = mixer(x)
-        grads = torch.autograd.grad(out, [x] + weights, torch.ones_like(out).cos_())
-        results.append((out.detach(), grads))
-    (out_a, g_a), (out_b, g_b) = results
-    assert torch.equal(out_a, out_b)
-    for a, b in zip(g_a, g_b):
-        assert _rel(a, b) < 1e-5
+        seed = torch.ones_like(out).cos_()
+        grads = torch.autograd.grad(out, [x] + weights, seed, retain_graph=True)
+        again = torch.autograd.grad(out, [x] + weights, seed)
+        for a, b in zip(grads, again):
+            assert torch.equal(a, b), mode
+        results[mode] = (out.detach(), grads)
+    out_ref, g_ref = results.pop('autograd')
+    for mode, (out, grads) in results.items():
+        assert torch.equal(out, out_ref), mode
+        for a, b in zip(grads, g_ref):
+            assert _rel(a, b) < 1e-5, mode
 
 
 @pytest.mark.parametrize('with_cp', [True, [True, False, True, False], [False, False, False, True]])
@@ -223,8 +241,8 @@ def test_windowed_training_path_matches_naive_windowed():
 
 # ------------------------------------------------------------------ compile / export
 def test_torch_compile_has_no_graph_breaks():
-    """fullgraph=True fails on any graph break, in inference and in training (checkpointed
-    local branches and the GELU-recomputing MLP included)."""
+    """fullgraph=True fails on any graph break, in inference and in training (the recomputed
+    local part and the chunked MLP, both with hand-written backward passes, included)."""
     model = _tiny().eval()
     x = _input((1, 3, 64, 96))
     with torch.no_grad():

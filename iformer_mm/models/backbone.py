@@ -42,6 +42,8 @@ class IFormer(InceptionTransformer, BaseModule):
         drop_path_rate: stochastic depth rate (linear over blocks).
         attn_impl: ``'fused'`` or ``'naive'`` attention.
         window_size: ``None`` (global attention) or a window size / one per stage.
+        local_grad: ``'recompute'`` (default, least memory) or ``'store'`` (faster training,
+            more memory), or one per stage; see ``InceptionTransformer``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads the authors' ``.pth``, a
             timm / iformer_mm classification checkpoint or an mmdet/mmseg checkpoint.
             Optional keys: ``strict`` (default True: every backbone weight must be found),
@@ -61,11 +63,12 @@ class IFormer(InceptionTransformer, BaseModule):
             drop_path_rate: float = 0.1,
             attn_impl: str = 'fused',
             window_size: Union[None, int, Sequence[Optional[int]]] = None,
+            local_grad: Union[str, Sequence[str]] = 'recompute',
             init_cfg: Optional[Union[dict, list]] = None,
     ) -> None:
         super().__init__(arch=arch, img_size=img_size, in_chans=in_channels, num_classes=0,
                          drop_path_rate=drop_path_rate, with_cp=with_cp, attn_impl=attn_impl,
-                         window_size=window_size)
+                         window_size=window_size, local_grad=local_grad)
         self.init_cfg = copy.deepcopy(init_cfg)
         if isinstance(out_indices, int):
             out_indices = (out_indices,)

@@ -58,6 +58,8 @@ _ARCH_DEFAULTS: Dict[str, Any] = dict(
     attn_pool_stages=(True, True, False, False),  # 2x2 avg-pool before attention in 1-2
 )
 NUM_STAGES = 4
+# How the mixer's local part gets its gradient in training (see InceptionMixer).
+LOCAL_GRAD_MODES = ('recompute', 'store')
 
 
 def resolve_arch(arch: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
@@ -291,45 +293,65 @@ def _local_forward(xc: torch.Tensor, xp: torch.Tensor, lx: torch.Tensor,
     return z, ((c1, c2, mp, idx, p1, y) if keep else ())
 
 
+def _gelu_backward(grad: torch.Tensor, x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """GELU's input gradient, written into ``out`` when given (may alias ``x`` or ``grad``)."""
+    if out is None:
+        return torch.ops.aten.gelu_backward(grad, x)
+    return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=out)
+
+
 class _LocalMix(torch.autograd.Function):
     """The mixer's local part (conv/pool branches, upsampled attention, fuse, projection)
-    with a hand-written backward that recomputes it instead of storing it.
+    with a hand-written backward, recomputing (``store=False``) or storing its intermediates.
 
-    Same arithmetic as :meth:`InceptionMixer._local` under autograd, but: only the three
-    inputs are kept (like activation checkpointing), the recompute reuses buffers in place
-    (the projection's input gradient is written over the dead fused map, the GELU
-    derivatives over their pre-activations), and there is no concat or autograd bookkeeping.
-    On CPU each fresh large tensor costs page faults comparable to the op that fills it, so
-    this is measurably faster than ``checkpoint(self._local)`` at detection sizes.
+    Same arithmetic as :meth:`InceptionMixer._local` under autograd, but no concat and no
+    autograd bookkeeping. With ``store=False`` only the three inputs are kept (like
+    activation checkpointing) and the recompute reuses its buffers in place (the
+    projection's input gradient is written over the dead fused map, the GELU derivatives
+    over their pre-activations). On CPU each fresh large tensor costs page faults comparable
+    to the op that fills it, so this beats ``checkpoint(self._local)`` at detection sizes.
+    With ``store=True`` the forward keeps what backward needs (about 2.4x the mixer input
+    per block) and backward skips the recompute; saved tensors are never overwritten, so
+    ``retain_graph`` stays valid in both modes.
     Weights: ``conv1 (dim, half, 1, 1)``, ``proj1 (dim, 1, 3, 3)``, ``proj2 (dim, half, 1, 1)`` +
     bias, ``conv_fuse (Ct, 1, 3, 3)``, ``proj (C, Ct, 1, 1)`` + bias.
     """
 
     @staticmethod
-    def forward(ctx: Any, xc: torch.Tensor, xp: torch.Tensor, lx: torch.Tensor,  # type: ignore[override]
-                *weights: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, store: bool, xc: torch.Tensor, xp: torch.Tensor,  # type: ignore[override]
+                lx: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         # Autocast is applied here by hand (and replayed in backward, which runs outside it).
         dt = _compute_dtype(xc)
-        ctx.dtype = dt
-        ctx.save_for_backward(xc, xp, lx, *weights)
+        ctx.dtype, ctx.store, ctx.lx_shape = dt, store, lx.shape
         with torch.autocast(xc.device.type, enabled=False):
             ws = [w.to(dt) for w in weights]
-            z, _ = _local_forward(xc.to(dt), xp.to(dt), lx.to(dt), ws, keep=False)
+            z, kept = _local_forward(xc.to(dt), xp.to(dt), lx.to(dt), ws, keep=store)
             wp, bp = ws[5], ws[6]
-            return F.linear(z, wp.view(wp.shape[0], -1), bp)
+            out = F.linear(z, wp.view(wp.shape[0], -1), bp)
+        if store:
+            ctx.save_for_backward(xc, xp, *weights, z, *kept)
+        else:
+            ctx.save_for_backward(xc, xp, *weights, lx)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         saved = ctx.saved_tensors
-        xc0, xp0, lx0, weights0 = saved[0], saved[1], saved[2], saved[3:]
-        dt, need = ctx.dtype, ctx.needs_input_grad
+        xc0, xp0, weights0 = saved[0], saved[1], saved[2:9]
+        dt, store = ctx.dtype, ctx.store
+        need = ctx.needs_input_grad[1:]  # (xc, xp, lx, 7 weights)
         with torch.autocast(xc0.device.type, enabled=False):
-            xc, xp, lx = xc0.to(dt), xp0.to(dt), lx0.to(dt)
+            xc, xp = xc0.to(dt), xp0.to(dt)
             ws = [w.to(dt) for w in weights0]
             w1, wdw, w2, _, wf, wp, _ = ws
-            z, (c1, c2, mp, idx, p1, y) = _local_forward(xc, xp, lx, ws, keep=True)
+            if store:
+                z, (c1, c2, mp, idx, p1, y) = saved[9], saved[10:]
+            else:
+                z, (c1, c2, mp, idx, p1, y) = _local_forward(xc, xp, saved[9].to(dt), ws, keep=True)
             B, H, W, half = xc.shape
             dim, ct = wdw.shape[0], y.shape[-1]
+            # Fresh recomputed buffers may be overwritten; stored ones may not.
+            scratch = (lambda t: None) if store else (lambda t: t)
             g = grad_out.to(dt).reshape(-1, grad_out.shape[-1])
             gw = [None] * 7
 
@@ -339,15 +361,14 @@ class _LocalMix(torch.autograd.Function):
                 gw[5] = g.t().mm(z2).view_as(wp)
             if need[9]:
                 gw[6] = g.sum(0)
-            gz = torch.mm(g, wp.view(-1, ct), out=z2).view(B, H, W, ct)
+            gz = torch.mm(g, wp.view(-1, ct), out=scratch(z2)).view(B, H, W, ct)
             # fuse: z = dw3x3(y) + y
             gy, gw[4], _ = torch.ops.aten.convolution_backward(
                 gz.permute(0, 3, 1, 2), y.permute(0, 3, 1, 2), wf, None, [1, 1], [1, 1], [1, 1],
                 False, [0, 0], ct, [True, need[7], False])
             gy = gy.permute(0, 2, 3, 1).add_(gz)
             # conv branch: gelu(dw3x3(xc W1))
-            gc2 = torch.ops.aten.gelu_backward.grad_input(gy[..., :dim].permute(0, 3, 1, 2), c2,
-                                                          grad_input=c2)
+            gc2 = _gelu_backward(gy[..., :dim].permute(0, 3, 1, 2), c2, scratch(c2))
             gc1, gw[1], _ = torch.ops.aten.convolution_backward(
                 gc2, c1.permute(0, 3, 1, 2), wdw, None, [1, 1], [1, 1], [1, 1],
                 False, [0, 0], dim, [True, need[4], False])
@@ -356,7 +377,7 @@ class _LocalMix(torch.autograd.Function):
                 gw[0] = gc1.t().mm(xc.reshape(-1, half)).view_as(w1)
             gxc = gc1.mm(w1.view(dim, half)).view(B, H, W, half) if need[0] else None
             # pool branch: gelu(maxpool3x3(xp) W2 + b2)
-            gp1 = torch.ops.aten.gelu_backward.grad_input(gy[..., dim:2 * dim], p1, grad_input=p1)
+            gp1 = _gelu_backward(gy[..., dim:2 * dim], p1, scratch(p1))
             gp1 = gp1.reshape(-1, dim)
             if need[5]:
                 gw[2] = gp1.t().mm(mp.reshape(-1, half)).view_as(w2)
@@ -372,7 +393,7 @@ class _LocalMix(torch.autograd.Function):
             glx = None
             if need[2]:
                 g_low = gy[..., 2 * dim:]
-                h, w = lx.shape[1:3]
+                h, w = ctx.lx_shape[1:3]
                 if (h, w) == (H, W):
                     glx = g_low
                 else:
@@ -383,7 +404,7 @@ class _LocalMix(torch.autograd.Function):
                     glx = g6[:, :, 0, :, 0] + g6[:, :, 0, :, 1]
                     glx += g6[:, :, 1, :, 0]
                     glx += g6[:, :, 1, :, 1]
-        grads = [gxc, gxp, glx] + [
+        grads = [None, gxc, gxp, glx] + [
             None if gr is None else gr.to(w.dtype) for gr, w in zip(gw, weights0)]
         return tuple(grads)
 
@@ -585,15 +606,22 @@ class InceptionMixer(nn.Module):
     depthwise 3x3 and projected back to ``C`` by a 1x1.
 
     With ``attn_impl='fused'`` the mixer runs channels-last end to end (1x1 convs as
-    matmuls, one concat, no layout copies) and, when training, recomputes its cheap local
-    part (conv/pool branches, fuse, projection) in backward instead of storing it; only the
-    attention output is kept. ``attn_impl='naive'`` keeps the reference data flow of the
-    authors' implementation (NCHW branches, explicit attention) as the baseline.
+    matmuls, no concat, no layout copies). In training its local part (conv/pool branches,
+    fuse, projection) has a hand-written backward (:class:`_LocalMix`) that either
+    recomputes it (``local_grad='recompute'``, the default: only the inputs and the small
+    attention output are kept) or stores its intermediates (``'store'``: faster, more
+    memory). ``'autograd'`` (tests only) differentiates the plain forward instead.
+    ``attn_impl='naive'`` keeps the reference data flow of the authors' implementation
+    (NCHW branches, explicit attention) as the baseline.
     """
 
     def __init__(self, dim: int, attention_heads: int, head_dim: int = 32, pool: bool = False,
-                 attn_impl: str = 'fused', window_size: Optional[int] = None) -> None:
+                 attn_impl: str = 'fused', window_size: Optional[int] = None,
+                 local_grad: str = 'recompute') -> None:
         super().__init__()
+        if local_grad not in LOCAL_GRAD_MODES + ('autograd',):
+            raise ValueError(f'local_grad must be one of {LOCAL_GRAD_MODES}, got {local_grad!r}')
+        self.local_grad = local_grad
         self.low_dim = attention_heads * head_dim
         self.high_dim = dim - self.low_dim
         self.high_mixer = HighMixer(self.high_dim)
@@ -601,10 +629,8 @@ class InceptionMixer(nn.Module):
         fused = 2 * self.high_dim + self.low_dim
         self.conv_fuse = nn.Conv2d(fused, fused, 3, padding=1, groups=fused, bias=False)
         self.proj = nn.Conv2d(fused, dim, 1)
-        # Plain attributes, not constructor arguments (benchmarks and FLOP counting flip
-        # them): recompute the local part in backward, and the reference data flow (always
-        # on for the naive baseline; with 'fused' it isolates what the kernel alone buys).
-        self.recompute_local = True
+        # Plain attribute (the benchmark flips it): the reference data flow, always on for
+        # the naive baseline; with 'fused' it isolates what the kernel alone buys.
         self.reference_flow = attn_impl == 'naive'
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -616,11 +642,12 @@ class InceptionMixer(nn.Module):
         half = self.high_mixer.split
         xc, xp, xl = x.contiguous().split([half, half, self.low_dim], dim=-1)
         lx = self.low_mixer.forward_cl(xl)
-        if (self.recompute_local and self.training and torch.is_grad_enabled()
+        if (self.local_grad != 'autograd' and self.training and torch.is_grad_enabled()
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()):
             hm = self.high_mixer
-            return _LocalMix.apply(xc, xp, lx, hm.conv1.weight, hm.proj1.weight, hm.proj2.weight,
-                                   hm.proj2.bias, self.conv_fuse.weight, self.proj.weight, self.proj.bias)
+            return _LocalMix.apply(self.local_grad == 'store', xc, xp, lx, hm.conv1.weight,
+                                   hm.proj1.weight, hm.proj2.weight, hm.proj2.bias,
+                                   self.conv_fuse.weight, self.proj.weight, self.proj.bias)
         return self._local(xc, xp, lx)
 
     def _local(self, xc: torch.Tensor, xp: torch.Tensor, lx: torch.Tensor) -> torch.Tensor:
@@ -650,10 +677,12 @@ class Block(nn.Module):
     def __init__(self, dim: int, attention_heads: int, head_dim: int = 32, mlp_ratio: float = 4.0,
                  pool: bool = False, drop_path: float = 0.0, layer_scale: bool = False,
                  layer_scale_init_value: float = 1e-6, norm_eps: float = 1e-6,
-                 attn_impl: str = 'fused', window_size: Optional[int] = None) -> None:
+                 attn_impl: str = 'fused', window_size: Optional[int] = None,
+                 local_grad: str = 'recompute') -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = InceptionMixer(dim, attention_heads, head_dim, pool, attn_impl, window_size)
+        self.attn = InceptionMixer(dim, attention_heads, head_dim, pool, attn_impl, window_size,
+                                   local_grad)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -762,6 +791,10 @@ class InceptionTransformer(nn.Module):
         window_size: ``None`` (global attention everywhere), an int, or one int/None per stage:
             attention within windows of that many tokens per side of the attended map
             (after the 2x2 pool in stages 1-2). Equal to global when the window covers the map.
+        local_grad: training memory/time trade of the mixers' conv/pool/fuse part, one value
+            or one per stage: ``'recompute'`` (default) recomputes it in backward and keeps
+            only its inputs; ``'store'`` keeps its intermediates (faster backward, more
+            memory). Same gradients either way.
     """
 
     def __init__(
@@ -777,6 +810,7 @@ class InceptionTransformer(nn.Module):
             with_cp: Union[bool, Sequence[bool]] = False,
             attn_impl: str = 'fused',
             window_size: Union[None, int, Sequence[Optional[int]]] = None,
+            local_grad: Union[str, Sequence[str]] = 'recompute',
     ) -> None:
         super().__init__()
         cfg = resolve_arch(arch)
@@ -797,6 +831,10 @@ class InceptionTransformer(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dims[-1]
         self.grad_checkpointing = tuple(bool(v) for v in _per_stage(with_cp, 'with_cp'))
         windows = _per_stage(window_size, 'window_size')
+        local_grads = _per_stage(local_grad, 'local_grad')
+        for mode in local_grads:
+            if mode not in LOCAL_GRAD_MODES:
+                raise ValueError(f'local_grad entries must be one of {LOCAL_GRAD_MODES}, got {local_grad!r}')
         for w in windows:
             if w is not None and (not isinstance(w, int) or w < 1):
                 raise ValueError(f'window_size entries must be None or a positive int, got {window_size!r}')
@@ -823,7 +861,7 @@ class InceptionTransformer(nn.Module):
                     mlp_ratio=cfg['mlp_ratio'], pool=cfg['attn_pool_stages'][i],
                     drop_path=dpr[block], layer_scale=cfg['layer_scale_stages'][i],
                     layer_scale_init_value=layer_scale_init_value, attn_impl=attn_impl,
-                    window_size=windows[i]))
+                    window_size=windows[i], local_grad=local_grads[i]))
                 block += 1
             self.add_module(f'blocks{i + 1}', nn.Sequential(*blocks))
 
