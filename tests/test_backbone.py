@@ -170,3 +170,21 @@ def test_with_cp_per_stage_same_gradients():
     sum(o.square().sum() for o in b(x)).backward()
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.allclose(pa.grad, pb.grad, rtol=1e-4, atol=1e-6), n
+
+
+def test_local_grad_store_from_config_same_gradients():
+    """``local_grad`` reaches the mixers from an mm config and keeps the gradients."""
+    torch.manual_seed(0)
+    a = _tiny().train()
+    b = _tiny(local_grad=['store', 'store', 'recompute', 'recompute']).train()
+    b.load_state_dict(a.state_dict())
+    assert [blk.attn.local_grad for blk in b.blocks1] == ['store']
+    assert [blk.attn.local_grad for blk in b.blocks3] == ['recompute'] * len(b.blocks3)
+    x = torch.randn(2, 3, 64, 80)
+    outs_a, outs_b = a(x), b(x)
+    for oa, ob in zip(outs_a, outs_b):
+        assert torch.equal(oa, ob)
+    sum(o.square().sum() for o in outs_a).backward()
+    sum(o.square().sum() for o in outs_b).backward()
+    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(pa.grad, pb.grad, rtol=1e-4, atol=1e-6), n

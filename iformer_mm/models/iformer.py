@@ -170,6 +170,12 @@ def _no_autograd() -> bool:
     return not torch.is_grad_enabled() and not torch.jit.is_tracing()
 
 
+def _compiling() -> bool:
+    """True while torch.compile (dynamo) traces the model."""
+    compiler = getattr(torch, 'compiler', None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
 def _gelu(x: torch.Tensor, inplace: bool) -> torch.Tensor:
     """Exact (erf) GELU; in place when no autograd graph needs the input (saves a fresh
     allocation, which on CPU costs more page faults than the GELU itself)."""
@@ -424,8 +430,10 @@ class Mlp(nn.Module):
     def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`forward`, faster and lighter on large token maps: in row
         chunks (see :class:`_FusedMlp`), the GELU in place without autograd and recomputed
-        in backward with it. TorchScript/ONNX tracing takes the plain path."""
-        if torch.jit.is_scripting() or torch.jit.is_tracing():
+        in backward with it. TorchScript/ONNX tracing and torch.compile take the plain path."""
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or _compiling():
+            # Tracers get the plain graph: torch.compile would unroll the chunk loops into
+            # thousands of nodes, and inductor fuses the GELU by itself.
             return self.fc2(F.gelu(self.fc1(x)))
         lead, c = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, c)

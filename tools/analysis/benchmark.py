@@ -85,7 +85,8 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
     if variants:
         name, h, w, b = bb[0]
         for impl in VARIANTS:
-            for mode in (('fwdbwd',) if '+cp' in impl else ('fwdbwd', 'fwd')):  # cp: training only
+            # checkpointing and local_grad act in training only
+            for mode in (('fwdbwd',) if '+cp' in impl or '+store' in impl else ('fwdbwd', 'fwd')):
                 cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
                                   batch=b))
     for mode in ('fwd', 'fwdbwd'):
@@ -126,11 +127,13 @@ def _set_impl(model: Any, impl: str) -> None:
 
 
 # Variants of ours (``--variants``): gradient checkpointing of every stage / of the two
-# high-resolution stages, windowed attention (14 pooled tokens) in stages 1-2, and
-# torch.compile with the default (inductor) backend.
+# high-resolution stages, the mixers' local part stored instead of recomputed, windowed
+# attention (14 pooled tokens) in stages 1-2, and torch.compile with the default (inductor)
+# backend.
 VARIANTS = {
     'ours+cp': dict(with_cp=True),
     'ours+cp12': dict(with_cp=[True, True, False, False]),
+    'ours+store': dict(local_grad='store'),
     'ours+win14': dict(window_size=[14, 14, None, None]),
     'ours+compile': {},  # torch.compile (inductor); the warm-up run includes compilation
 }
