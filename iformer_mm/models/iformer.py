@@ -17,7 +17,6 @@ inputs whose maps are even):
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -356,8 +355,10 @@ class _LocalMix(torch.autograd.Function):
                 z, (c1, c2, mp, idx, p1, y) = _local_forward(xc, xp, saved[9].to(dt), ws, keep=True)
             B, H, W, half = xc.shape
             dim, ct = wdw.shape[0], y.shape[-1]
-            # Fresh recomputed buffers may be overwritten; stored ones may not.
-            scratch = (lambda t: None) if store else (lambda t: t)
+
+            def scratch(t: torch.Tensor) -> Optional[torch.Tensor]:
+                """Fresh recomputed buffers may be overwritten; stored ones may not."""
+                return None if store else t
             g = grad_out.to(dt).reshape(-1, grad_out.shape[-1])
             gw = [None] * 7
 
