@@ -490,7 +490,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per case before giving up')
     parser.add_argument('--json', default=None, help='write all results (and machine info) here')
     parser.add_argument('--variants', action='store_true',
-                        help='also measure ours with with_cp / windowed attention at the largest size')
+                        help='also measure variants of ours (with_cp, local_grad=store, windowed attention, '
+                             'torch.compile) at the largest size')
     parser.add_argument('--list', action='store_true', help='print the case ids and exit')
     parser.add_argument('--markdown', metavar='JSON', default=None,
                         help='print the table of an earlier --json run as markdown and exit')
