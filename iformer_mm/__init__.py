@@ -9,7 +9,7 @@ The core model (:class:`InceptionTransformer`) and the checkpoint loader need on
 """
 import importlib.util as _util
 
-from .checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained
+from .pretrained import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained
 from .models import ARCH_SETTINGS, InceptionTransformer, resolve_arch
 from .version import __version__
 
@@ -21,6 +21,4 @@ if _util.find_spec('mmengine') is not None:
     __all__.append('IFormer')
 
 if _util.find_spec('timm') is not None:
-    from .utils.compat import ensure_torchvision_importable as _fix_tv
-    _fix_tv()
     from .models import timm_models  # noqa: F401  (registers the timm model names)

@@ -4,7 +4,7 @@ import torch
 
 import iformer_mm  # noqa: F401
 from iformer_mm import CheckpointError, InceptionTransformer, load_pretrained
-from iformer_mm.checkpoint import extract_state_dict, infer_arch, load_checkpoint_file
+from iformer_mm.pretrained import extract_state_dict, infer_arch, load_checkpoint_file
 from iformer_mm.models.iformer import resize_pos_embed
 
 from _golden import TINY_ARCH, make_state_dict

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import iformer_mm  # noqa: F401  (registers the timm models)
-from iformer_mm.checkpoint import CheckpointError
-from iformer_mm.datasets.imagefolder_from_coco import DEFAULT_CLASSES, build_imagefolder_from_coco
+from iformer_mm.pretrained import CheckpointError
+from iformer_mm.datagen.imagefolder_from_coco import DEFAULT_CLASSES, build_imagefolder_from_coco
 from iformer_mm.models.iformer import resize_pos_embed
 
 from _golden import make_state_dict

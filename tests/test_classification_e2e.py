@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import iformer_mm  # noqa: F401
-from iformer_mm.datasets.imagefolder_from_coco import build_imagefolder_from_coco
+from iformer_mm.datagen.imagefolder_from_coco import build_imagefolder_from_coco
 from iformer_mm.models.iformer import resize_pos_embed
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ pytest.importorskip('mmdet')
 import iformer_mm  # noqa: E402,F401
 from iformer_mm.engine import (check_pretrained_files, convert_sync_bn, prepare_runtime_cfg,  # noqa: E402
                                trusted_run_checkpoints)
-from iformer_mm.checkpoint import CheckpointError  # noqa: E402
+from iformer_mm.pretrained import CheckpointError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DET = REPO / 'configs' / 'detection'

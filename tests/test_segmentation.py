@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iformer_mm.datasets.ade_from_coco import COCO_CLASSES, build_ade_from_coco, paint_label_map
+from iformer_mm.datagen.ade_from_coco import COCO_CLASSES, build_ade_from_coco, paint_label_map
 
 SEG_CONFIGS = {
     ('fpn', 'small'): 'fpn_iformer_s_ade20k_80k.py',
@@ -106,7 +106,7 @@ def test_builder_refuses_to_overwrite_and_cli_runs(tiny_coco_dir, tmp_path, repo
 def _dataset(root: Path, **kw):
     pytest.importorskip('mmseg')
     from mmengine.registry import init_default_scope
-    import iformer_mm.mmseg_ext  # noqa: F401  (registers the datasets, as custom_imports does)
+    import iformer_mm.datasets  # noqa: F401  (registers the datasets, as custom_imports does)
     from mmseg.registry import DATASETS
     init_default_scope('mmseg')
     return DATASETS.build(dict(type='ADEFromCOCODataset', data_root=str(root),
@@ -122,7 +122,7 @@ def test_checked_dataset_loads_a_good_folder(ade_dir):
 
 
 def test_checked_dataset_names_missing_root_and_missing_label(ade_dir, tmp_path):
-    from iformer_mm.mmseg_ext import SegDatasetError
+    from iformer_mm.datasets import SegDatasetError
     with pytest.raises(SegDatasetError, match=r'data_root .*does not exist.*data_root=PATH'):
         _dataset(tmp_path / 'no_such_dataset')
     broken = tmp_path / 'broken'
@@ -136,7 +136,7 @@ def test_checked_dataset_names_missing_root_and_missing_label(ade_dir, tmp_path)
 
 
 def test_checked_dataset_names_size_mismatch_and_rgb_labels(ade_dir, tmp_path):
-    from iformer_mm.mmseg_ext import SegDatasetError
+    from iformer_mm.datasets import SegDatasetError
     broken = tmp_path / 'broken'
     shutil.copytree(ade_dir, broken)
     labels = sorted((broken / 'annotations' / 'validation').glob('*.png'))
@@ -159,7 +159,7 @@ def test_config_inherits_mmseg_and_matches_the_paper_setup(repo_root, key):
     name = SEG_CONFIGS[key]
     text = (repo_root / 'configs' / 'segmentation' / name).read_text()
     cfg = _load_cfg(repo_root, name)
-    assert cfg.custom_imports['imports'] == ['iformer_mm', 'iformer_mm.mmseg_ext']
+    assert cfg.custom_imports['imports'] == ['iformer_mm', 'iformer_mm.datasets']
     assert cfg.default_scope == 'mmseg'
     if arch == 'small':  # the S configs inherit mmseg's own bases, the others the S config
         assert f"'mmseg::_base_/models/{head}_r50.py'" in text
@@ -208,7 +208,7 @@ def test_small_models_have_the_papers_parameter_count(repo_root, name, params_m)
 
 
 def test_missing_pretrained_checkpoint_is_a_clear_error(repo_root, tmp_path):
-    from iformer_mm.checkpoint import CheckpointError
+    from iformer_mm.pretrained import CheckpointError
     cfg = _load_cfg(repo_root, 'fpn_iformer_s_ade20k_80k.py')
     cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'iformer_small.pth')
     model = _build(cfg.model)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iformer_mm.datasets.ade_from_coco import COCO_CLASSES, build_ade_from_coco
+from iformer_mm.datagen.ade_from_coco import COCO_CLASSES, build_ade_from_coco
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,7 @@ def test_loss_goes_down_and_gradients_reach_every_backbone_stage(repo_root, ade_
     from mmengine.model import revert_sync_batchnorm
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
-    import iformer_mm.mmseg_ext  # noqa: F401
+    import iformer_mm.datasets  # noqa: F401
     from mmseg.registry import DATASETS, MODELS
 
     init_default_scope('mmseg')

@@ -7,7 +7,7 @@ What it does, end to end with the real config (configs/detection/mask_rcnn_iform
 and mmengine's Runner:
 
 1. writes a small COCO-format instance-segmentation set (shapes on crops of a real photo,
-   :mod:`iformer_mm.datasets.demo_data`) into ``WORK_DIR/data``;
+   :mod:`iformer_mm.datagen.demo_data`) into ``WORK_DIR/data``;
 2. evaluates the freshly initialised model on the val split (COCO box and mask AP);
 3. trains from scratch (no pretrained weights exist offline) at 128 px;
 4. evaluates again and prints both results side by side;
@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import iformer_mm  # noqa: E402,F401  (registers iformer_mm.IFormer; torchvision fix)
-from iformer_mm.datasets.demo_data import CLASSES, PALETTE, make_demo_dataset, make_showcase_image  # noqa: E402
+from iformer_mm.datagen.demo_data import CLASSES, PALETTE, make_demo_dataset, make_showcase_image  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs', 'detection', 'mask_rcnn_iformer_s_1x.py')

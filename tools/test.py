@@ -128,7 +128,7 @@ def main(argv=None) -> None:
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         # The checkpoint is one our runs wrote: allow the mmengine/numpy objects it holds, nothing
-        # else; still weights_only (iformer_mm/engine/checkpoints.py).
+        # else; still weights_only (iformer_mm/engine/trusted_runs.py).
         run_trusted(runner.test, cfg.load_from)
     finally:
         teardown_distributed()

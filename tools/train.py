@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
-from iformer_mm.checkpoint import CheckpointError  # noqa: E402
+from iformer_mm.pretrained import CheckpointError  # noqa: E402
 from iformer_mm.engine import (check_pretrained_files, init_distributed, prepare_runtime_cfg,  # noqa: E402
                                teardown_distributed, run_trusted)
 from iformer_mm.engine.resilience import add_resilience_hooks  # noqa: E402
@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     try:
         runner = build_runner(cfg)
         # Checkpoints of our own runs (resume, load_from) hold mmengine/numpy objects: allow
-        # exactly those, loading stays weights_only (iformer_mm/engine/checkpoints.py).
+        # exactly those, loading stays weights_only (iformer_mm/engine/trusted_runs.py).
         run_trusted(runner.train, cfg.get('load_from'))
     finally:
         teardown_distributed()

@@ -1,8 +1,13 @@
-"""Dataset helpers that need only numpy and PIL (no OpenMMLab import at package import).
+"""Datasets registered in MMSegmentation's ``DATASETS`` (imports mmseg: load it from a config's
+``custom_imports``, never from ``import iformer_mm``).
 
-* :mod:`.ade_from_coco` — an ADE20K-layout semantic-segmentation set painted from COCO.
-* :mod:`.imagefolder_from_coco` — an ImageFolder classification set cut from COCO.
-* :mod:`.demo_data` — the generated instance-segmentation set of ``tools/demo.py``.
+* ``CheckedADE20KDataset`` — ADE20K that names a missing or mismatched annotation up front;
+* ``ADEFromCOCODataset`` — the ADE20K-layout dataset painted from COCO
+  (:mod:`iformer_mm.datagen.ade_from_coco`), 80 classes, same checks.
 
-Import the submodule you need, e.g. ``from iformer_mm.datasets.demo_data import make_demo_dataset``.
+The code that *writes* datasets to disk (the demo set, ADE-from-COCO, ImageFolder-from-COCO)
+is in :mod:`iformer_mm.datagen` and needs no OpenMMLab package.
 """
+from .seg import ADEFromCOCODataset, CheckedADE20KDataset, SegDatasetError, check_seg_layout
+
+__all__ = ['ADEFromCOCODataset', 'CheckedADE20KDataset', 'SegDatasetError', 'check_seg_layout']

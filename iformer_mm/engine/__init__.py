@@ -10,7 +10,7 @@ They make the stock mmengine ``Runner`` work on the machines this project is tes
   runs saved (resume / ``load_from`` / testing) while keeping ``weights_only=True``, and an
   early check of the backbone's pretrained file.
 """
-from .checkpoints import (TRUSTED_RUN_CHECKPOINT_GLOBALS, check_pretrained_files, run_trusted,
+from .trusted_runs import (TRUSTED_RUN_CHECKPOINT_GLOBALS, check_pretrained_files, run_trusted,
                           trusted_run_checkpoints)
 from .device import (convert_sync_bn, init_distributed, prepare_runtime_cfg,
                      teardown_distributed)

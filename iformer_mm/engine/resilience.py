@@ -30,16 +30,11 @@ from typing import Any, Iterator, Optional, Union
 import torch
 from mmengine.fileio.backends.local_backend import LocalBackend
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import Registry
+
+from ..registry import HOOKS
 
 __all__ = ['atomic_write_bytes', 'atomic_local_writes', 'AtomicCheckpointHook', 'RNGStateHook',
-           'add_resilience_hooks', 'HOOKS', 'RNG_STATE_KEY']
-
-# The iformer_mm scope of mmengine's hook registry: type='iformer_mm.RNGStateHook' resolves
-# from mmdet's and mmseg's registries (as the backbone does for models).
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='iformer_mm',
-                 locations=['iformer_mm.engine.resilience'])
+           'add_resilience_hooks', 'RNG_STATE_KEY']
 
 RNG_STATE_KEY = 'iformer_mm_rng_state'
 _TMP_MARK = '.tmp-'

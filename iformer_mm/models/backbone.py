@@ -19,7 +19,7 @@ from mmengine.model import BaseModule
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import load_pretrained
+from ..pretrained import load_pretrained
 from ..registry import MODELS
 from .iformer import NUM_STAGES, InceptionTransformer
 

@@ -14,7 +14,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..checkpoint import CheckpointError, LoadReport, adapt_state_dict, extract_state_dict, logger
+from ..pretrained import CheckpointError, LoadReport, adapt_state_dict, extract_state_dict, logger
 from .iformer import InceptionTransformer
 
 __all__ = ['checkpoint_filter_fn', 'MODEL_ARCHS']
@@ -58,7 +58,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InceptionTransformer) -> Dict[str, torch.Tensor]:
-    """Map any supported checkpoint onto ``model``'s keys (see :mod:`iformer_mm.checkpoint`).
+    """Map any supported checkpoint onto ``model``'s keys (see :mod:`iformer_mm.pretrained`).
 
     Position tables are resized to the model's ``img_size``. Classifier keys pass through
     (timm drops them itself when ``num_classes`` differs from the pretrained config).

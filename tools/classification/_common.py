@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import iformer_mm  # noqa: F401  (registers the timm models iformer_*)
-from iformer_mm.checkpoint import (CheckpointError, extract_state_dict, load_checkpoint_file,
+from iformer_mm.pretrained import (CheckpointError, extract_state_dict, load_checkpoint_file,
                                    load_pretrained)
 
 _logger = logging.getLogger('train')

@@ -19,7 +19,7 @@ Examples::
 A recipe (``--config``) sets the defaults; any option given on the command line wins.
 Checkpoints (``last.pth``, ``best.pth``) hold plain tensors and numbers only, so
 ``torch.load(path, weights_only=True)`` reads them; ``state_dict`` is the model,
-``state_dict_ema`` the EMA (when enabled), which :mod:`iformer_mm.checkpoint` prefers.
+``state_dict_ema`` the EMA (when enabled), which :mod:`iformer_mm.pretrained` prefers.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 
 import _common as C  # noqa: E402
-from iformer_mm.checkpoint import load_checkpoint_file, load_state_dict_into  # noqa: E402
+from iformer_mm.pretrained import load_checkpoint_file, load_state_dict_into  # noqa: E402
 
 _logger = logging.getLogger('train')
 _SCHED_KEYS = ('sched', 'epochs', 'warmup_epochs', 'cooldown_epochs', 'min_lr', 'warmup_lr', 'lr',

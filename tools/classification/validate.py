@@ -10,7 +10,7 @@ Examples::
     # a train.py checkpoint: classes and resolution are read from it, EMA weights used when present
     python tools/classification/validate.py DATA --checkpoint work_dirs/cls/iformer_small/best.pth
 
-Weights are read by :mod:`iformer_mm.checkpoint` (``weights_only=True``), strictly: a checkpoint
+Weights are read by :mod:`iformer_mm.pretrained` (``weights_only=True``), strictly: a checkpoint
 that does not match the model fully is an error, not a silently wrong number.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import _common as C  # noqa: E402
-from iformer_mm.checkpoint import load_pretrained  # noqa: E402
+from iformer_mm.pretrained import load_pretrained  # noqa: E402
 
 _logger = logging.getLogger('validate')
 

@@ -19,7 +19,7 @@ A checkpoint that safe loading refuses (e.g. a timm ``train.py`` file that pickl
 ``argparse.Namespace``, or an mmengine training checkpoint with logger state) is rejected; if
 you produced that file yourself, ``--trust-pickle`` reads it with an allow-list of exactly those
 data classes (``argparse.Namespace`` and the mmengine/numpy classes of
-``iformer_mm.engine.checkpoints``) — still ``weights_only=True``: nothing else is unpickled, so
+``iformer_mm.engine.trusted_runs``) — still ``weights_only=True``: nothing else is unpickled, so
 even with the flag a file cannot run code. The output is tensors only.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from iformer_mm.checkpoint import (CheckpointError, extract_state_dict, infer_arch,
+from iformer_mm.pretrained import (CheckpointError, extract_state_dict, infer_arch,
                                    load_checkpoint_file, load_state_dict_into)
 from iformer_mm.models import InceptionTransformer
 
@@ -48,7 +48,7 @@ def read_any(path: str, trust_pickle: bool = False) -> Any:
     except CheckpointError as e:
         if not trust_pickle or 'safe loading' not in str(e):
             raise
-    from iformer_mm.engine.checkpoints import trusted_globals
+    from iformer_mm.engine.trusted_runs import trusted_globals
     _logger.warning(f'{path}: holds training state (--trust-pickle): reading it with the allow-list '
                     'argparse.Namespace + mmengine logger classes, still weights_only=True')
     with torch.serialization.safe_globals(trusted_globals() + [argparse.Namespace]):

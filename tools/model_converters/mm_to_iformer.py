@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from iformer_to_mm import MM_OUT_NORM_RE, read_any, save_plain  # noqa: E402
-from iformer_mm.checkpoint import CheckpointError, extract_state_dict, infer_arch  # noqa: E402
+from iformer_mm.pretrained import CheckpointError, extract_state_dict, infer_arch  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

@@ -6,8 +6,8 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
 ]
 # In the file (not --cfg-options): mmengine imports these while it reads the config.
-# iformer_mm registers the backbone; iformer_mm.mmseg_ext the checked ADE20K dataset.
-custom_imports = dict(imports=['iformer_mm', 'iformer_mm.mmseg_ext'], allow_failed_imports=False)
+# iformer_mm registers the backbone; iformer_mm.datasets the checked ADE20K dataset.
+custom_imports = dict(imports=['iformer_mm', 'iformer_mm.datasets'], allow_failed_imports=False)
 
 train_dataloader = dict(batch_size=2, dataset=dict(type='CheckedADE20KDataset'))
 val_dataloader = dict(batch_size=1, dataset=dict(type='CheckedADE20KDataset'))

@@ -16,7 +16,7 @@ from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.registry import DATASETS
 from PIL import Image
 
-from ..datasets.ade_from_coco import COCO_CLASSES
+from ..datagen.ade_from_coco import COCO_CLASSES
 
 __all__ = ['ADEFromCOCODataset', 'CheckedADE20KDataset', 'SegDatasetError', 'check_seg_layout']
 
@@ -153,7 +153,7 @@ class CheckedADE20KDataset(_CheckedFolderMixin, ADE20KDataset):
 
 @DATASETS.register_module()
 class ADEFromCOCODataset(_CheckedFolderMixin, BaseSegDataset):
-    """The ADE20K-layout dataset painted from COCO (:mod:`iformer_mm.datasets.ade_from_coco`).
+    """The ADE20K-layout dataset painted from COCO (:mod:`iformer_mm.datagen.ade_from_coco`).
 
     Label value ``k`` in ``1..80`` is ``COCO_CLASSES[k - 1]``; ``0`` ("no object") is ignored
     through ``reduce_zero_label``, exactly as ADE20K's ``0``.

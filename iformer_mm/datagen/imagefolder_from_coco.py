@@ -11,7 +11,7 @@ are sorted by id and split per class, every ``val_every``-th crop going to ``val
 
 Command line::
 
-    python -m iformer_mm.datasets.imagefolder_from_coco ../shared/data/tiny_coco OUT --size 64
+    python -m iformer_mm.datagen.imagefolder_from_coco ../shared/data/tiny_coco OUT --size 64
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ code when unpickled, and ``getattr`` restricted to the four ``HistoryBuffer`` me
 pickles by name. Any other global in a checkpoint is still refused, whoever wrote it.
 
 Pretrained backbone weights never use this allow-list: they go through
-:func:`iformer_mm.checkpoint.load_checkpoint_file`, plain tensors only.
+:func:`iformer_mm.pretrained.load_checkpoint_file`, plain tensors only.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError
+from ..pretrained import CheckpointError
 
 logger = logging.getLogger('iformer_mm')
 
@@ -44,7 +44,7 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(
         f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer.'
-        f'{{{",".join(_HISTORY_BUFFER_METHODS)}}} are allowed (iformer_mm/engine/checkpoints.py)')
+        f'{{{",".join(_HISTORY_BUFFER_METHODS)}}} are allowed (iformer_mm/engine/trusted_runs.py)')
 
 
 def _numpy_globals() -> List[Any]:
@@ -86,7 +86,7 @@ def run_trusted(step: Callable[[], Any], checkpoint: Optional[str]) -> Any:
     above), turning a refused or broken ``checkpoint`` into one clear ``SystemExit`` message —
     never torch's advice to retry with ``weights_only=False``.
     """
-    from ..checkpoint import explain_load_error
+    from ..pretrained import explain_load_error
     with trusted_run_checkpoints():
         try:
             return step()
