@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .models.iformer import ARCH_SETTINGS, resize_pos_embed
+from timm.layers import resample_abs_pos_embed_nhwc
 
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
@@ -204,8 +204,16 @@ def extract_state_dict(obj: Any, use_ema: bool = True) -> Tuple[StateDict, List[
     return sd, notes
 
 
-def infer_arch(sd: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
-    """Depths and dims of the iFormer that produced ``sd`` (``None`` if it is not one)."""
+def infer_arch(sd: Mapping[str, torch.Tensor],
+               arch_zoo: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Optional[Dict[str, Any]]:
+    """Depths and dims of the iFormer that produced ``sd`` (``None`` if it is not one).
+
+    Args:
+        sd: a state dict in the authors' key layout.
+        arch_zoo: named architectures (e.g. ``InceptionTransformer.arch_zoo``) to name the
+            variant by; ``name`` is ``None`` for a custom one or without a zoo.
+    """
+    arch_zoo = arch_zoo or {}
     depths, dims = [], []
     for i in range(1, 5):
         idx = {int(m.group(1)) for k in sd for m in [re.match(rf'^blocks{i}\.(\d+)\.', k)] if m}
@@ -214,7 +222,7 @@ def infer_arch(sd: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
         dims.append(int(sd[key].shape[0]) if key in sd else 0)
     if not any(depths):
         return None
-    name = next((n for n, a in ARCH_SETTINGS.items()
+    name = next((n for n, a in arch_zoo.items()
                  if tuple(a['depths']) == tuple(depths) and tuple(a['embed_dims']) == tuple(dims)), None)
     return dict(name=name, depths=tuple(depths), embed_dims=tuple(dims))
 
@@ -243,7 +251,8 @@ def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport, reinit
         CheckpointError: the checkpoint is of another variant, or matches nothing.
     """
     target = model.state_dict()
-    ckpt_arch, model_arch = infer_arch(sd), infer_arch(target)
+    zoo = getattr(model, 'arch_zoo', {})
+    ckpt_arch, model_arch = infer_arch(sd, zoo), infer_arch(target, zoo)
     if ckpt_arch is None or not (set(sd) & set(target)):
         raise CheckpointError(
             f'{report.source}: no key matches the model ({_describe(ckpt_arch)}; first keys: '
@@ -268,7 +277,8 @@ def adapt_state_dict(sd: StateDict, model: nn.Module, report: LoadReport, reinit
             if v.ndim != 4 or v.shape[0] != 1 or v.shape[-1] != want[-1]:
                 raise CheckpointError(f'{k}: checkpoint shape {list(v.shape)} cannot be resized to {list(want)}')
             report.resized[k] = (tuple(v.shape), want)
-            v = resize_pos_embed(v.float(), want[1:3]).to(v.dtype)
+            # bilinear, align_corners=False: what the model itself does at run time
+            v = resample_abs_pos_embed_nhwc(v, list(want[1:3]), interpolation='bilinear', antialias=False)
         elif tuple(v.shape) != want and reinit_head and k.startswith('head.'):
             report.notes.append(f'classifier re-initialised: checkpoint {k} {list(v.shape)}, model {list(want)}')
             report.dropped.append(k)

@@ -5,7 +5,7 @@ import torch
 import iformer_mm  # noqa: F401
 from iformer_mm import CheckpointError, InceptionTransformer, load_pretrained
 from iformer_mm.pretrained import extract_state_dict, infer_arch, load_checkpoint_file
-from iformer_mm.models.iformer import resize_pos_embed
+from iformer_mm.models.iformer import ARCH_SETTINGS, resize_pos_embed
 
 from _golden import TINY_ARCH, make_state_dict
 
@@ -64,8 +64,8 @@ def test_core_load_report_is_exact(golden_dir):
 
 
 def test_infer_arch_names_variants(golden_dir, small_sd):
-    assert infer_arch(small_sd)['name'] == 'small'
-    assert infer_arch(make_state_dict(golden_dir, 'iformer_large'))['name'] == 'large'
+    assert infer_arch(small_sd, ARCH_SETTINGS)['name'] == 'small'
+    assert infer_arch(make_state_dict(golden_dir, 'iformer_large'), ARCH_SETTINGS)['name'] == 'large'
     assert infer_arch({'conv.weight': torch.zeros(1)}) is None
 
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from iformer_mm.models.iformer import ARCH_SETTINGS
 from iformer_mm.pretrained import (CheckpointError, extract_state_dict, infer_arch,
                                    load_checkpoint_file, load_state_dict_into)
 from iformer_mm.models import InceptionTransformer
@@ -57,7 +58,7 @@ def read_any(path: str, trust_pickle: bool = False) -> Any:
 
 def build_reference(sd: Dict[str, torch.Tensor], num_classes: int = 0) -> InceptionTransformer:
     """An iFormer with the checkpoint's variant and position-table size (to verify a conversion)."""
-    arch = infer_arch(sd)
+    arch = infer_arch(sd, ARCH_SETTINGS)
     if arch is None:
         raise CheckpointError(f'not an iFormer checkpoint (first keys: {sorted(sd)[:5]})')
     if arch['name'] is None:
@@ -78,7 +79,7 @@ def to_backbone(obj: Any, use_ema: bool = True, keep_head: bool = False,
     sd, notes = extract_state_dict(obj, use_ema=use_ema)
     dropped = sorted(k for k in sd if CLASSIFIER_RE.match(k)) if not keep_head else []
     out = {k: v.detach().clone().contiguous() for k, v in sd.items() if k not in dropped}
-    info = dict(notes=notes, dropped=dropped, arch=infer_arch(out))
+    info = dict(notes=notes, dropped=dropped, arch=infer_arch(out, ARCH_SETTINGS))
     if verify:
         ref = build_reference(out)
         # the reference keeps the final norm of a classifier; a backbone has none

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from iformer_to_mm import MM_OUT_NORM_RE, read_any, save_plain  # noqa: E402
+from iformer_mm.models.iformer import ARCH_SETTINGS
 from iformer_mm.pretrained import CheckpointError, extract_state_dict, infer_arch  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     sd, notes = extract_state_dict(read_any(args.src, args.trust_pickle), use_ema=True)
-    arch = infer_arch(sd)
+    arch = infer_arch(sd, ARCH_SETTINGS)
     if arch is None:
         raise CheckpointError(f'{args.src} holds no iFormer backbone (first keys: {sorted(sd)[:5]})')
     out = {k: v.detach().clone().contiguous() for k, v in sd.items() if not MM_OUT_NORM_RE.match(k)}
