@@ -811,6 +811,8 @@ class InceptionTransformer(nn.Module):
             memory). Same gradients either way.
     """
 
+    arch_zoo = ARCH_SETTINGS
+
     def __init__(
             self,
             arch: Union[str, Mapping[str, Any]] = 'small',
