@@ -5,8 +5,6 @@ products excluded), measured to two decimals; the acceptance tolerance is 0.5 G 
 The with-attention totals are checked against the approximate true costs of the spec.
 Slow (each builds a whole detector/segmentor and traces it at full size): ``--runslow``.
 """
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,12 +21,8 @@ CASES = [
 
 
 def _get_flops():
-    spec = importlib.util.spec_from_file_location(
-        'iformer_get_flops', REPO / 'tools' / 'analysis' / 'get_flops.py')
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from tools.analysis import get_flops
+    return get_flops
 
 
 @pytest.mark.slow

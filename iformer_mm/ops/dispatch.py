@@ -37,6 +37,7 @@ IMPLS = ('auto', 'reference', 'fast')
 # no GPU measurement exists, so GPUs run the reference (SDPA picks flash/efficient kernels).
 MEASURED_WINS = frozenset({('cpu', torch.float32)})
 
+_AUTOCAST_DEVICES = ('cpu', 'cuda', 'xpu', 'mps', 'hpu')
 _GLOBAL_HOOKS = ('_global_forward_hooks', '_global_forward_pre_hooks', '_global_backward_hooks',
                  '_global_backward_pre_hooks')
 
@@ -51,7 +52,7 @@ def check_impl(impl: str) -> str:
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast would run a matmul in for ``x`` (``x.dtype`` without autocast)."""
     dev = x.device.type
-    if x.is_floating_point() and torch.is_autocast_enabled(dev):
+    if x.is_floating_point() and dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return x.dtype
 

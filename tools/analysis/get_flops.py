@@ -30,15 +30,11 @@ import json
 import os
 import sys
 import warnings
-from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 
 # ----------------------------------------------------------------------------- paper rules
@@ -97,44 +93,10 @@ except ImportError:  # pragma: no cover - mmcv is part of the supported stack
     pass
 
 
-def _mixer_extras(model: nn.Module) -> Dict[type, Callable[..., int]]:
-    """Ops the authors ran as modules (nn.MaxPool2d, nn.AvgPool2d, nn.Upsample) but our
-    mixer runs as functions; mmcv 1.x counted them, so the paper's totals include them."""
-    from iformer_mm.models.iformer import InceptionMixer
-
-    def mixer(m: InceptionMixer, inp: torch.Tensor, out: torch.Tensor) -> int:
-        B, H, W, _ = inp.shape
-        flops = B * m.high_mixer.split * H * W  # max-pool 3x3 on half the high channels
-        if m.low_mixer.pool:
-            h, w = -(-H // 2), -(-W // 2)
-            flops += B * m.low_dim * H * W  # 2x2 avg-pool (input elements)
-            flops += m.low_dim * 2 * h * 2 * w  # nearest 2x upsample (one sample's output)
-        return flops
-
-    return {InceptionMixer: mixer}
-
-
-@contextmanager
-def _reference_flow(model: nn.Module) -> Iterator[None]:
-    """Run every iFormer mixer/block through its module-by-module reference path (the
-    authors' structure, so hooks see every conv/linear) with the fused attention kernel."""
-    saved = []
-    for m in model.modules():
-        if hasattr(m, 'reference_flow'):
-            saved.append((m, m.reference_flow))
-            m.reference_flow = True
-    try:
-        yield
-    finally:
-        for m, v in saved:
-            m.reference_flow = v
-
-
 def count_paper(model: nn.Module, run: Callable[[], Any]) -> int:
     """MACs counted as mmcv 1.x ``get_flops`` did: module hooks, attention products excluded."""
     total = [0]
-    rules = dict(PAPER_RULES)
-    rules.update(_mixer_extras(model))
+    rules = PAPER_RULES
     handles = []
     for m in model.modules():
         rule = rules.get(type(m))
@@ -148,7 +110,7 @@ def count_paper(model: nn.Module, run: Callable[[], Any]) -> int:
 
         handles.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad(), _reference_flow(model):
+        with torch.no_grad():  # hooks send iFormer to its reference modules (iformer_mm.ops.dispatch)
             run()
     finally:
         for h in handles:
@@ -176,7 +138,7 @@ def count_full(module: nn.Module, inputs: Tuple[torch.Tensor, ...]) -> Tuple[int
     from mmengine.analysis import FlopAnalyzer
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        with torch.no_grad(), _reference_flow(module):
+        with torch.no_grad():  # jit tracing runs iFormer's reference modules
             fa = FlopAnalyzer(module, inputs)
             fa.set_op_handle('aten::scaled_dot_product_attention', _sdpa_handle)
             fa.unsupported_ops_warnings(False)
