@@ -119,7 +119,7 @@ def test_drop_path_depends_on_training_only_not_grad_mode():
 def test_paper_flops_from_module_hooks():
     """A hook-based counter with mmcv 1.x rules (tools/analysis/get_flops.py) gives the paper's
     92.2 G for the iFormer-S backbone at 1280x800; it only works if every module runs."""
-    from tools.analysis.get_flops import count_paper
+    from iformer_mm.analysis.flops import count_paper
     model = IFormer('small', out_norm=False).eval()
     x = torch.zeros(1, 3, 1280, 800, device='meta')
     model.to('meta')

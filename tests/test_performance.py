@@ -252,7 +252,7 @@ def test_bf16_autocast_is_finite_and_close_at_a_dense_size():
 # ------------------------------------------------------------------ FLOP counter
 def test_get_flops_reproduces_the_imagenet_table():
     """iFormer-S at 224: 19,866,344 params and 4.848 G FLOPs (fvcore), the published table."""
-    from tools.analysis import get_flops as gf
+    from iformer_mm.analysis import flops as gf
     res = gf.analyse('iformer_small')
     assert res['params'] == 19_866_344
     assert round(res['full_flops'] / 1e9, 3) == 4.848
@@ -261,7 +261,7 @@ def test_get_flops_reproduces_the_imagenet_table():
 
 def test_get_flops_attention_term_is_exact():
     """The counted attention products equal sum over blocks of 2 * heads * N^2 * 32."""
-    from tools.analysis import get_flops as gf
+    from iformer_mm.analysis import flops as gf
     torch.manual_seed(0)
     model = InceptionTransformer(TINY, img_size=64, num_classes=10).eval()
     H, W = 72, 100

@@ -21,8 +21,8 @@ CASES = [
 
 
 def _get_flops():
-    from tools.analysis import get_flops
-    return get_flops
+    from iformer_mm.analysis import flops
+    return flops
 
 
 @pytest.mark.slow

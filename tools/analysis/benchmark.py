@@ -1,22 +1,20 @@
-"""Speed and memory of iFormer against its naive baseline and mmdet's Swin-T, on this machine.
+"""Speed, memory and ATen-op count of iFormer against the authors' data flow and mmdet's Swin-T.
 
 Every configuration runs in a fresh subprocess (so peak RSS of one never leaks into
 another), on the same deterministic weights for all iFormer implementations:
 
-* ``naive``  — ``attn_impl='naive'``: the authors' data flow with softmax(QK^T)V
-  materialised, q pre-scaled (the baseline every ratio is taken against; it reproduces
-  the reference point of the performance issue, ~59 s / 14 GB at 800x1344);
-* ``authors`` — ``naive`` with the released code's exact op order ``(QK^T) * scale``: one
-  more pass over (and one more allocation of) every N x N map. Backbone cases only; shown
-  for users comparing against the official implementation, not used as the baseline;
-* ``kernel`` — the authors' data flow with only the fused attention kernel swapped in
-  (what "just call scaled_dot_product_attention" buys);
-* ``ours``   — ``attn_impl='fused'``: the shipped path (channels-last mixer, 1x1 convs as
-  matmuls, in-place inference, recomputed local branches and GELU in backward);
+* ``authors_naive`` — the released code's data flow and attention, ``softmax((QK^T) * scale) V``
+  materialised (:class:`iformer_mm.analysis.baselines.AuthorsIFormer`, rebuilt op for op);
+* ``authors_sdpa`` — the same data flow with ``scaled_dot_product_attention`` swapped in: the
+  baseline of every ``/base`` ratio (what "just call the fused kernel" gives);
+* ``reference`` — our model with ``impl='reference'``: the modules only, the path GPUs take;
+* ``ours`` — ``impl='auto'``: the CPU kernels of :mod:`iformer_mm.ops` where measured and safe;
 * ``swin_t`` — mmdet's Swin-T (same FLOPs class as iFormer-S), the peer;
 * ``sdpa_only`` — only the attention calls ours makes for that input (same shapes, fused
-  kernel, forward and backward): the floor any exact implementation built on PyTorch's
-  kernel pays before a single conv, norm or MLP runs.
+  kernel, forward and backward): the floor any exact implementation on PyTorch's kernel pays.
+
+Whole Mask R-CNN / Semantic FPN models compare ``naive`` (our reference modules with the
+released attention), ``reference``, ``ours`` and Swin-T.
 
 Measured: forward (eval, no grad) and forward+backward (train mode, sum of outputs)
 median wall time after one warm-up, peak RSS of the process, achieved GFLOP/s (MACs
@@ -30,7 +28,7 @@ Usage::
     python tools/analysis/benchmark.py                 # everything (~55 min idle, 1 thread)
     python tools/analysis/benchmark.py --quick         # small shapes, ~2 min: a smoke test
     python tools/analysis/benchmark.py --only backbone_800x1344 --json out.json
-    python tools/analysis/benchmark.py --variants --only ours+   # with_cp / windowed variants
+    python tools/analysis/benchmark.py --variants --only ours+   # with_cp / windowed / compile
 
 Threads: ``--threads`` (default 1: reproducible on a shared machine; use the number of
 physical cores on an idle one).
@@ -47,11 +45,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DET_CFG = os.path.join(REPO, 'configs', 'detection', 'mask_rcnn_iformer_s_1x.py')
 SEG_CFG = os.path.join(REPO, 'configs', 'segmentation', 'fpn_iformer_s_ade20k_80k.py')
@@ -77,7 +71,7 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
         for impl in ('ours', 'swin_t'):
             cases.append(dict(kind='flops', name=name, impl=impl, mode='count', shape=[h, w], batch=b))
         for mode in ('fwdbwd', 'fwd'):
-            for impl in ('naive', 'authors', 'kernel', 'ours', 'swin_t'):
+            for impl in BACKBONE_IMPLS:
                 cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
                                   batch=b))
             cases.append(dict(kind='attention', name=name, impl='sdpa_only', mode=mode, shape=[h, w],
@@ -85,15 +79,14 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
     if variants:
         name, h, w, b = bb[0]
         for impl in VARIANTS:
-            # checkpointing and local_grad act in training only
-            for mode in (('fwdbwd',) if '+cp' in impl or '+store' in impl else ('fwdbwd', 'fwd')):
+            for mode in (('fwdbwd',) if '+cp' in impl else ('fwdbwd', 'fwd')):  # cp acts in training only
                 cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w],
                                   batch=b))
     for mode in ('fwd', 'fwdbwd'):
-        for impl in ('naive', 'ours', 'swin_t'):
+        for impl in ('naive', 'reference', 'ours', 'swin_t'):
             cases.append(dict(kind='maskrcnn', name='maskrcnn_%dx%d' % det_shape, impl=impl,
                               mode=mode, shape=list(det_shape), batch=1))
-        for impl in ('naive', 'ours'):
+        for impl in ('naive', 'reference', 'ours'):
             cases.append(dict(kind='semfpn', name='semfpn_%dx%d' % seg_shape, impl=impl, mode=mode,
                               shape=list(seg_shape), batch=2))
     for impl in ('ours', 'swin_t'):
@@ -116,37 +109,31 @@ def _current_rss_gb() -> float:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 1e9
 
 
-def _set_impl(model: Any, impl: str) -> None:
-    """``kernel``: keep the reference data flow but use the fused attention kernel;
-    ``authors``: the naive baseline in the released code's op order."""
-    for m in model.modules():
-        if impl == 'kernel' and hasattr(m, 'reference_flow'):
-            m.reference_flow = True
-        if impl == 'authors' and hasattr(m, 'scale_after'):
-            m.scale_after = True
-
-
+BACKBONE_IMPLS = ('authors_naive', 'authors_sdpa', 'reference', 'ours', 'swin_t')
 # Variants of ours (``--variants``): gradient checkpointing of every stage / of the two
-# high-resolution stages, the mixers' local part stored instead of recomputed, windowed
-# attention (14 pooled tokens) in stages 1-2, and torch.compile with the default (inductor)
-# backend.
+# high-resolution stages, windowed attention (14 pooled tokens) in stages 1-2, and
+# torch.compile with the default (inductor) backend.
 VARIANTS = {
     'ours+cp': dict(with_cp=True),
     'ours+cp12': dict(with_cp=[True, True, False, False]),
-    'ours+store': dict(local_grad='store'),
     'ours+win14': dict(window_size=[14, 14, None, None]),
     'ours+compile': {},  # torch.compile (inductor); the warm-up run includes compilation
 }
 
 
 def _iformer_backbone(impl: str) -> Any:
+    """iFormer-S backbone of the given implementation, on the same deterministic weights."""
     import torch
+    from iformer_mm.analysis.baselines import AuthorsIFormer
     from iformer_mm.models.backbone import IFormer
-    torch.manual_seed(0)  # same weights for naive / kernel / ours
-    m = IFormer('small', drop_path_rate=0.0, attn_impl='naive' if impl in ('naive', 'authors') else 'fused',
-                **VARIANTS.get(impl, {}))
-    _set_impl(m, impl)
-    return m
+    torch.manual_seed(0)
+    ours = IFormer('small', drop_path_rate=0.0, out_norm=False,
+                   impl='reference' if impl == 'reference' else 'auto', **VARIANTS.get(impl, {}))
+    if not impl.startswith('authors_'):
+        return ours
+    authors = AuthorsIFormer('small', attn=impl[len('authors_'):])
+    authors.load_state_dict(ours.state_dict(), strict=True)
+    return authors
 
 
 def _swin_backbone() -> Any:
@@ -172,8 +159,9 @@ def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
         bb.with_cp = False
     if 'drop_path_rate' in bb:
         bb.drop_path_rate = 0.0
-    if impl in ('naive', 'kernel'):
-        bb.attn_impl = 'naive' if impl == 'naive' else 'fused'
+    if impl in ('naive', 'reference'):
+        bb.impl = 'reference'
+        bb.attn_impl = 'naive' if impl == 'naive' else 'sdpa'
     if cfg.model.get('pretrained'):
         cfg.model.pretrained = None
     init_default_scope(scope)
@@ -185,9 +173,7 @@ def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
         from mmseg.registry import MODELS
     import iformer_mm  # noqa: F401
     torch.manual_seed(0)
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    _set_impl(model, impl)
-    return model
+    return revert_sync_batchnorm(MODELS.build(cfg.model))
 
 
 def _det_sample(h: int, w: int, seed: int = 0) -> Any:
@@ -259,7 +245,7 @@ def _attention_only(batch: int, h: int, w: int, train: bool) -> Tuple[Callable[[
 def _flops(module: Any, inputs: Tuple[Any, ...]) -> Optional[int]:
     """Forward MACs with attention (fvcore rules), or None if the model cannot be traced."""
     try:
-        from get_flops import count_full
+        from iformer_mm.analysis.flops import count_full
         return count_full(module, inputs)[0]
     except Exception as e:  # the timing is still valid without a FLOP figure
         print(f'[benchmark] FLOP count failed: {e}', file=sys.stderr)
@@ -280,8 +266,8 @@ def _time(fn: Callable[[], Any], repeats: int, budget: float) -> Tuple[List[floa
     return times, warm
 
 
-def run_case(c: Dict[str, Any], repeats: int, budget: float) -> Dict[str, Any]:
-    """Measure one configuration in this process."""
+def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = True) -> Dict[str, Any]:
+    """Measure one configuration in this process (time, peak RSS, then ATen ops of one step)."""
     import torch
     import iformer_mm  # noqa: F401
     res: Dict[str, Any] = dict(c)
@@ -300,7 +286,7 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float) -> Dict[str, Any]:
     train = c['mode'] in ('fwdbwd', 'step')
     flops = None
     if c['kind'] == 'flops':
-        from get_flops import BackboneOnly
+        from iformer_mm.analysis.flops import BackboneOnly
         model = _swin_backbone() if c['impl'] == 'swin_t' else _iformer_backbone(c['impl'])
         model.eval()  # not chained: mmdet's Swin train() returns None
         f1 = _flops(BackboneOnly(model), (torch.randn(1, 3, h, w),))
@@ -367,14 +353,17 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float) -> Dict[str, Any]:
     times, warm = _time(fn, repeats, budget)
     res.update(times=times, warmup_s=warm, median_s=statistics.median(times), peak_rss_gb=_rss_gb(),
                flops=flops)
+    if count_ops and not c['impl'].endswith('+compile'):
+        from iformer_mm.analysis.opcount import count_ops as run_counted
+        res['aten_ops'] = run_counted(fn).total  # after timing: the counting mode is slow
     return res
 
 
-def worker_main(spec: str, repeats: int, budget: float, threads: int) -> None:
+def worker_main(spec: str, repeats: int, budget: float, threads: int, count_ops: bool) -> None:
     import torch
     torch.set_num_threads(threads)
     c = json.loads(spec)
-    print('@@RESULT ' + json.dumps(run_case(c, repeats, budget)), flush=True)
+    print('@@RESULT ' + json.dumps(run_case(c, repeats, budget, count_ops)), flush=True)
 
 
 # ============================================================================ driver
@@ -382,6 +371,8 @@ def run_in_subprocess(c: Dict[str, Any], args: argparse.Namespace) -> Dict[str, 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(c),
            '--repeats', str(args.repeats), '--budget', str(args.budget), '--threads', str(args.threads)]
+    if args.no_ops:
+        cmd.append('--no-ops')
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     for line in p.stdout.splitlines():
@@ -400,8 +391,14 @@ def load_avg() -> List[float]:
         return []
 
 
+# Baselines of the ratio columns, per case kind: the released data flow with the fused
+# kernel (``base``) and with the released attention (``naive``).
+_BASE = {'backbone': 'authors_sdpa', 'maskrcnn': 'reference', 'semfpn': 'reference'}
+_NAIVE = {'backbone': 'authors_naive', 'maskrcnn': 'naive', 'semfpn': 'naive'}
+
+
 def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Add ratios against naive / swin_t of the same (name, mode) and GFLOP/s figures."""
+    """Add ratios against the baselines and Swin-T of the same (name, mode), and GFLOP/s."""
     by = {(r['name'], r['mode'], r['impl']): r for r in results if 'median_s' in r}
     counted = {(r['name'], r['impl']): r.get('flops') for r in results if r['kind'] == 'flops'}
     mm = next((r for r in results if r['kind'] == 'matmul' and 'gflops' in r), None)
@@ -409,15 +406,18 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for r in results:
         row = dict(r)
         if 'median_s' in r and r['kind'] != 'matmul':
-            naive = by.get((r['name'], r['mode'], 'naive'))
+            for tag, impls in (('base', _BASE), ('naive', _NAIVE)):
+                ref = by.get((r['name'], r['mode'], impls.get(r['kind'], '')))
+                if ref is not None:
+                    row[f'time_vs_{tag}'] = r['median_s'] / ref['median_s']
+                    row[f'mem_vs_{tag}'] = r['peak_rss_gb'] / ref['peak_rss_gb']
+                    if r.get('aten_ops') and ref.get('aten_ops'):
+                        row[f'ops_vs_{tag}'] = r['aten_ops'] / ref['aten_ops']
             swin = by.get((r['name'], r['mode'], 'swin_t'))
-            if naive is not None:
-                row['time_vs_naive'] = r['median_s'] / naive['median_s']
-                row['mem_vs_naive'] = r['peak_rss_gb'] / naive['peak_rss_gb']
             if swin is not None:
                 row['time_vs_swin'] = r['median_s'] / swin['median_s']
-            # Achieved rate: fwd MACs of the same impl family (ours/kernel/naive share the
-            # count; attention is counted in all three) -> FLOPs = 2 x MACs.
+            # Achieved rate: every iFormer implementation does the same work (attention
+            # included), counted once on ours; FLOPs = 2 x MACs, backward = 2 x forward.
             fl = None
             if r['kind'] == 'backbone':
                 fl = counted.get((r['name'], 'swin_t' if r['impl'] == 'swin_t' else 'ours'))
@@ -432,47 +432,44 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return rows
 
 
+# (header, key, format) of the table columns after case/mode/impl.
+COLUMNS = [('median s', 'median_s', '.3f'), ('peak RSS GB', 'peak_rss_gb', '.2f'),
+           ('t/base', 'time_vs_base', '.3f'), ('mem/base', 'mem_vs_base', '.3f'),
+           ('t/naive', 'time_vs_naive', '.3f'), ('t/swin', 'time_vs_swin', '.2f'),
+           ('ATen ops', 'aten_ops', 'd'), ('ops/base', 'ops_vs_base', '.2f'),
+           ('GFLOP/s', 'gflops', '.1f'), ('%mm', 'frac_of_matmul', '.0%')]
+
+
+def _cells(r: Dict[str, Any]) -> List[str]:
+    return [format(r[key], fmt) if r.get(key) is not None else '' for _, key, fmt in COLUMNS]
+
+
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    head = (f"{'case':<28}{'mode':<8}{'impl':<8}{'median s':>10}{'peak RSS GB':>13}"
-            f"{'t/naive':>9}{'mem/naive':>10}{'t/swin':>8}{'GFLOP/s':>9}{'%mm':>6}")
+    """Fixed-width text table of a run (every row but the FLOP counts)."""
+    widths = [max(len(h), 9) + 1 for h, _, _ in COLUMNS]
+    head = f"{'case':<28}{'mode':<8}{'impl':<14}" + ''.join(f'{h:>{w}}' for (h, _, _), w in zip(COLUMNS, widths))
     out = [head, '-' * len(head)]
     for r in rows:
         if r['kind'] == 'flops':
             continue
+        label = 'matmul 4096^2 fp32' if r['kind'] == 'matmul' else r['name']
         if 'error' in r:
-            out.append(f"{r['name']:<28}{r['mode']:<8}{r['impl']:<8}  ERROR {r['error'][:80]}")
+            out.append(f"{label:<28}{r['mode']:<8}{r['impl']:<14}  ERROR {r['error'][:80]}")
             continue
-
-        def f(key: str, fmt: str) -> str:
-            return format(r[key], fmt) if r.get(key) is not None else '-'
-        if r['kind'] == 'matmul':
-            out.append(f"{'matmul 4096^2 fp32':<28}{'':<8}{'':<8}{r['median_s']:>10.3f}{'':>13}"
-                       f"{'':>9}{'':>10}{'':>8}{r['gflops']:>9.1f}{'100':>6}")
-            continue
-        out.append(f"{r['name']:<28}{r['mode']:<8}{r['impl']:<8}{r['median_s']:>10.3f}"
-                   f"{r['peak_rss_gb']:>13.2f}{f('time_vs_naive', '.3f'):>9}{f('mem_vs_naive', '.3f'):>10}"
-                   f"{f('time_vs_swin', '.2f'):>8}{f('gflops', '.1f'):>9}"
-                   f"{(format(100 * r['frac_of_matmul'], '.0f') if r.get('frac_of_matmul') else '-'):>6}")
+        out.append(f"{label:<28}{r['mode']:<8}{r['impl']:<14}"
+                   + ''.join(f'{c or "-":>{w}}' for c, w in zip(_cells(r), widths)))
     return '\n'.join(out)
 
 
 def format_markdown(rows: List[Dict[str, Any]]) -> str:
     """The same table as :func:`format_table`, as GitHub markdown (for docs)."""
-    out = ['| case | mode | impl | median s | peak RSS GB | time / naive | memory / naive | '
-           'time / Swin-T | GFLOP/s | % of matmul |', '|---|---|---|---|---|---|---|---|---|---|']
-
-    def f(r: Dict[str, Any], key: str, fmt: str) -> str:
-        return format(r[key], fmt) if r.get(key) is not None else ''
+    out = ['| case | mode | impl | ' + ' | '.join(h for h, _, _ in COLUMNS) + ' |',
+           '|---|---|---|' + '---|' * len(COLUMNS)]
     for r in rows:
         if r['kind'] == 'flops' or 'error' in r:
             continue
-        if r['kind'] == 'matmul':
-            out.append(f"| matmul 4096² fp32 | | | {r['median_s']:.3f} | | | | | {r['gflops']:.1f} | 100 |")
-            continue
-        pct = format(100 * r['frac_of_matmul'], '.0f') if r.get('frac_of_matmul') else ''
-        out.append(f"| {r['name']} b{r.get('batch', 1)} | {r['mode']} | {r['impl']} | {r['median_s']:.3f} | "
-                   f"{r['peak_rss_gb']:.2f} | {f(r, 'time_vs_naive', '.3f')} | {f(r, 'mem_vs_naive', '.3f')} | "
-                   f"{f(r, 'time_vs_swin', '.2f')} | {f(r, 'gflops', '.1f')} | {pct} |")
+        label = 'matmul 4096² fp32' if r['kind'] == 'matmul' else f"{r['name']} b{r.get('batch', 1)}"
+        out.append(f"| {label} | {r['mode']} | {r['impl']} | " + ' | '.join(_cells(r)) + ' |')
     return '\n'.join(out)
 
 
@@ -490,8 +487,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per case before giving up')
     parser.add_argument('--json', default=None, help='write all results (and machine info) here')
     parser.add_argument('--variants', action='store_true',
-                        help='also measure variants of ours (with_cp, local_grad=store, windowed attention, '
-                             'torch.compile) at the largest size')
+                        help='also measure variants of ours (ours+cp, ours+cp12, ours+win14, ours+compile) '
+                             'at the largest size')
+    parser.add_argument('--no-ops', action='store_true',
+                        help='skip counting ATen ops per step (one extra, slower run per case)')
     parser.add_argument('--list', action='store_true', help='print the case ids and exit')
     parser.add_argument('--markdown', metavar='JSON', default=None,
                         help='print the table of an earlier --json run as markdown and exit')
@@ -500,7 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.worker:
-        worker_main(args.worker, args.repeats, args.budget, args.threads)
+        worker_main(args.worker, args.repeats, args.budget, args.threads, not args.no_ops)
         return 0
     if args.markdown:
         with open(args.markdown) as f:
