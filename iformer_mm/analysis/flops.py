@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 

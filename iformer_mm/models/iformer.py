@@ -19,8 +19,8 @@ Beyond the authors' code: any input size (non-square and odd maps: pool with ``c
 crop after the 2x upsample; position tables resized by shape), optional windowed attention,
 per-stage gradient checkpointing, multi-scale outputs and the full timm model contract.
 """
-from __future__ import annotations
 
+import contextlib
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,103 +30,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import check_impl, fused_mlp, inception_mixer_cl, kernel_allowed
+from .arch import ARCH_SETTINGS, NUM_STAGES, per_stage, resolve_arch, take_indices
 
 __all__ = ['ARCH_SETTINGS', 'InceptionTransformer', 'InceptionMixer', 'Block', 'resolve_arch',
            'resize_pos_embed']
-
-# One ``attention_heads`` entry per block over all stages (global block index).
-ARCH_SETTINGS: Dict[str, Dict[str, Any]] = {
-    'small': dict(depths=(3, 3, 9, 3), embed_dims=(96, 192, 320, 384),
-                  attention_heads=(1,) * 3 + (3,) * 3 + (7,) * 4 + (9,) * 5 + (11,) * 3),
-    'base': dict(depths=(4, 6, 14, 6), embed_dims=(96, 192, 384, 512),
-                 attention_heads=(1,) * 4 + (3,) * 6 + (8,) * 7 + (10,) * 7 + (15,) * 6),
-    'large': dict(depths=(4, 6, 18, 8), embed_dims=(96, 192, 448, 640),
-                  attention_heads=(1,) * 4 + (3,) * 6 + (10,) * 9 + (12,) * 9 + (19,) * 8),
-}
-ARCH_ALIASES = {'s': 'small', 'b': 'base', 'l': 'large'}
-# Architecture facts shared by every variant (overridable through an ``arch`` dict).
-_ARCH_DEFAULTS: Dict[str, Any] = dict(
-    head_dim=32, mlp_ratio=4.0,
-    layer_scale_stages=(False, False, True, True),  # layer scale only in stages 3-4
-    attn_pool_stages=(True, True, False, False),  # 2x2 avg-pool before attention in 1-2
-)
-_REQUIRED = ('depths', 'embed_dims', 'attention_heads')
-NUM_STAGES = 4
-
-
-def resolve_arch(arch: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
-    """Turn an arch name or dict into a validated, complete arch dict.
-
-    Args:
-        arch: ``'small'``, ``'base'``, ``'large'`` (or ``'s'``/``'b'``/``'l'``), or a dict
-            with ``depths``, ``embed_dims`` and ``attention_heads`` (one entry per block over
-            all stages); optional ``head_dim``, ``mlp_ratio``, ``layer_scale_stages``,
-            ``attn_pool_stages``.
-
-    Raises:
-        ValueError: unknown name, missing/unknown keys, or numbers that cannot form an iFormer.
-    """
-    if isinstance(arch, str):
-        name = ARCH_ALIASES.get(arch.lower(), arch.lower())
-        if name not in ARCH_SETTINGS:
-            raise ValueError(f'Unknown iFormer arch {arch!r}. Valid names: {sorted(ARCH_SETTINGS)} '
-                             f"(or a dict with 'depths', 'embed_dims' and 'attention_heads').")
-        cfg = dict(ARCH_SETTINGS[name])
-    elif isinstance(arch, Mapping):
-        cfg = dict(arch)
-    else:
-        raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-    missing = set(_REQUIRED) - set(cfg)
-    if missing:
-        raise ValueError(f'iFormer arch dict is missing {sorted(missing)}; got keys {sorted(cfg)}')
-    unknown = set(cfg) - set(_REQUIRED) - set(_ARCH_DEFAULTS)
-    if unknown:
-        raise ValueError(f'iFormer arch dict has unknown keys {sorted(unknown)}; valid keys: '
-                         f'{sorted(set(_REQUIRED) | set(_ARCH_DEFAULTS))}')
-    out = dict(_ARCH_DEFAULTS, **cfg)
-    for key in ('depths', 'embed_dims', 'attention_heads', 'layer_scale_stages', 'attn_pool_stages'):
-        out[key] = tuple(out[key])
-        if key != 'attention_heads' and len(out[key]) != NUM_STAGES:
-            raise ValueError(f'arch {key!r} needs {NUM_STAGES} entries (one per stage), got {out[key]}')
-    depths, dims, heads = out['depths'], out['embed_dims'], out['attention_heads']
-    if len(heads) != sum(depths):
-        raise ValueError(f"arch 'attention_heads' needs one entry per block: sum(depths)="
-                         f'{sum(depths)}, got {len(heads)}')
-    stage_of_block = [s for s, d in enumerate(depths) for _ in range(d)]
-    for block, (stage, a) in enumerate(zip(stage_of_block, heads)):
-        low, dim = a * out['head_dim'], dims[stage]
-        if a < 1 or dim - low <= 0 or (dim - low) % 2:
-            raise ValueError(f'block {block} (stage {stage + 1}): {a} attention heads x '
-                             f"{out['head_dim']} = {low} low-frequency channels leaves {dim - low} "
-                             f'of {dim} for the high-frequency branches; that must be positive and even')
-    return out
-
-
-def _per_stage(value: Any, name: str) -> Tuple[Any, ...]:
-    """Broadcast a scalar setting to the four stages, or check a per-stage sequence."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != NUM_STAGES:
-            raise ValueError(f'{name} needs {NUM_STAGES} entries (one per stage), got {value!r}')
-        return tuple(value)
-    return (value,) * NUM_STAGES
-
-
-def _take_indices(num: int, indices: Optional[Union[int, Sequence[int]]]) -> List[int]:
-    """timm semantics: ``None`` -> all, ``int n`` -> last n, sequence -> those (negatives ok)."""
-    if indices is None:
-        return list(range(num))
-    if isinstance(indices, int):
-        if not 0 < indices <= num:
-            raise ValueError(f'indices={indices}: take the last 1..{num} stages')
-        return list(range(num - indices, num))
-    out = []
-    for i in indices:
-        j = i + num if i < 0 else i
-        if not 0 <= j < num:
-            raise ValueError(f'stage index {i} out of range for {num} stages (valid: 0..{num - 1} or negative)')
-        out.append(j)
-    return out
-
 
 @torch.fx.wrap
 def resize_pos_embed(pos_embed: torch.Tensor, size: List[int]) -> torch.Tensor:
@@ -178,6 +85,8 @@ class LowMixer(nn.Module):
             windows of this many (pooled) tokens per side; equal to global when one window
             covers the map.
     """
+
+    window_size: Optional[int]
 
     def __init__(self, dim: int, num_heads: int, pool: bool, attn_impl: str = 'sdpa',
                  window_size: Optional[int] = None) -> None:
@@ -306,7 +215,8 @@ class Mlp(TimmMlp):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self._kernel_allowed(x):
             return fused_mlp(x, self.fc1, self.fc2)
-        return super().forward(x)
+        # timm's Mlp.forward, spelled out (TorchScript has no super())
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
 
 class Block(nn.Module):
@@ -403,6 +313,7 @@ class InceptionTransformer(nn.Module):
         impl: ``'auto'`` (default: :mod:`iformer_mm.ops` kernels where measured faster and
             safe, see :mod:`iformer_mm.ops.dispatch`), ``'reference'`` (never) or ``'fast'``
             (on any device, for measuring them). Same outputs, same parameters.
+        device, dtype: where and in which dtype to create the parameters (timm's factory kwargs).
     """
 
     arch_zoo = ARCH_SETTINGS
@@ -421,8 +332,20 @@ class InceptionTransformer(nn.Module):
             attn_impl: str = 'sdpa',
             window_size: Union[None, int, Sequence[Optional[int]]] = None,
             impl: str = 'auto',
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self._build(arch, img_size, in_chans, num_classes, global_pool, drop_rate, drop_path_rate,
+                        layer_scale_init_value, with_cp, attn_impl, window_size, impl)
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    def _build(self, arch: Union[str, Mapping[str, Any]], img_size: Union[int, Sequence[int]], in_chans: int,
+               num_classes: int, global_pool: str, drop_rate: float, drop_path_rate: float,
+               layer_scale_init_value: float, with_cp: Union[bool, Sequence[bool]], attn_impl: str,
+               window_size: Union[None, int, Sequence[Optional[int]]], impl: str) -> None:
         cfg = resolve_arch(arch)
         if in_chans < 1:
             raise ValueError(f'in_chans must be >= 1, got {in_chans}')
@@ -430,7 +353,7 @@ class InceptionTransformer(nn.Module):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
-        windows = _per_stage(window_size, 'window_size')
+        windows = per_stage(window_size, 'window_size')
         if any(w is not None and (not isinstance(w, int) or w < 1) for w in windows):
             raise ValueError(f'window_size entries must be None or a positive int, got {window_size!r}')
         self.arch_settings = cfg
@@ -451,7 +374,7 @@ class InceptionTransformer(nn.Module):
         for i in range(NUM_STAGES):
             n = (self.img_size[0] // 2 ** (i + 2), self.img_size[1] // 2 ** (i + 2))
             self.register_parameter(f'pos_embed{i + 1}', nn.Parameter(torch.zeros(1, *n, dims[i])))
-        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths), device='cpu').tolist()
         block = 0
         for i in range(NUM_STAGES):
             blocks = []
@@ -504,10 +427,10 @@ class InceptionTransformer(nn.Module):
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy) or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            return  # shapes are symbolic
         if not isinstance(x, torch.Tensor):
             raise TypeError(f'iFormer expects a tensor, got {type(x).__name__}')
-        if isinstance(x, torch.fx.Proxy) or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
-            return
         if x.ndim != 4:
             raise ValueError(f'iFormer expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}'
                              + (' (add a batch dimension: x[None])' if x.ndim == 3 else ''))
@@ -544,7 +467,7 @@ class InceptionTransformer(nn.Module):
         if output_fmt not in ('NCHW', 'NHWC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         self._check_input(x)
-        take = _take_indices(NUM_STAGES, indices)
+        take = take_indices(NUM_STAGES, indices)
         last = max(take) if (stop_early or intermediates_only) else NUM_STAGES - 1
         intermediates = []
         for i in range(last + 1):
@@ -559,7 +482,7 @@ class InceptionTransformer(nn.Module):
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
         """Delete the stages after the last index in ``indices`` (and the norm/head if asked)."""
-        take = _take_indices(NUM_STAGES, indices)
+        take = take_indices(NUM_STAGES, indices)
         for i in range(max(take) + 1, NUM_STAGES):
             for name in (f'patch_embed{i + 1}', f'blocks{i + 1}', f'pos_embed{i + 1}'):
                 if hasattr(self, name):
@@ -606,13 +529,14 @@ class InceptionTransformer(nn.Module):
                                   device=None if w is None else w.device, dtype=None if w is None else w.dtype)
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)
+            self.head.train(self.training)
         else:
             self.head = nn.Identity()
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: Union[bool, Sequence[bool]] = True) -> None:
         """Gradient checkpointing per stage: one bool, or one per stage."""
-        flags = tuple(bool(v) for v in _per_stage(enable, 'with_cp'))
+        flags = tuple(bool(v) for v in per_stage(enable, 'with_cp'))
         for i, flag in enumerate(flags):
             if hasattr(self, f'blocks{i + 1}'):
                 getattr(self, f'blocks{i + 1}').grad_checkpointing = flag

@@ -1,0 +1,67 @@
+"""timm's own model tests (``tests/test_models.py`` from the sdist of the installed timm) on the
+iFormer models we register: forward/backward, default configs (meta device, dtype changes,
+classifier resets), features, fx tracing (forward, backward, scripted) and TorchScript scripting.
+
+The sdist is fetched once with pip (cached in ``$IFORMER_TIMM_SDIST_DIR`` or
+``~/.cache/iformer_mm``); the suite runs in a subprocess with ``-p iformer_mm`` so the names
+are registered before timm lists its models. Left out: the hub tests (``*pretrained*``
+download weights). To keep CI short every test runs on ``iformer_small`` and the config test on
+all six variants; all six passed every non-hub test on 2026-12-02.
+"""
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+timm = pytest.importorskip('timm')
+pytest.importorskip('pytest_timeout', reason="timm's test_models.py needs pytest-timeout")
+
+SELECT = ('(iformer_small or iformer_base or iformer_large) and not pretrained '
+          'and (iformer_small and not 384 or default_cfgs)')
+
+
+def timm_test_dir() -> Path:
+    """The installed timm's own tests folder, from its sdist (downloaded once)."""
+    cache = Path(os.environ.get('IFORMER_TIMM_SDIST_DIR', Path.home() / '.cache' / 'iformer_mm'))
+    root = cache / f'timm-{timm.__version__}'
+    if not (root / 'tests' / 'test_models.py').is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-binary', ':all:', '--no-deps',
+                              f'timm=={timm.__version__}', '-d', str(cache)],
+                             capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            pytest.skip(f'cannot fetch the timm {timm.__version__} sdist from PyPI: {res.stderr[-300:]}')
+        with tarfile.open(cache / f'timm-{timm.__version__}.tar.gz') as tar:
+            tar.extractall(cache, filter='data')
+    return root
+
+
+def run_timm_suite(select: str) -> str:
+    """Run timm's test_models.py on ``select`` (a ``-k`` expression); returns the output."""
+    root = timm_test_dir()
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
+               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
+    res = subprocess.run([sys.executable, '-m', 'pytest', '-v', '-p', 'iformer_mm', '-p', 'no:cacheprovider',
+                          'tests/test_models.py', '-k', select],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_timm_test_models_pass_for_iformer():
+    out = run_timm_suite(SELECT)
+    passed = set(re.findall(r'::(test_\w+)\[[^\]]*iformer_small[^\]]*\] PASSED', out))
+    for kind in ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs',
+                 'test_model_forward_features', 'test_model_forward_torchscript',
+                 'test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'):
+        assert kind in passed, (kind, sorted(passed))
+    cfgs = re.findall(r'test_model_default_cfgs\[[^\]]*(iformer_\w+)\.sail_in1k\] PASSED', out)
+    assert len(set(cfgs)) == 6, cfgs
+    assert ' FAILED' not in out and ' ERROR' not in out, out[-2000:]
