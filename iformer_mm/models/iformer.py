@@ -414,10 +414,20 @@ class InceptionTransformer(nn.Module):
         embed = self.patch_embed if i == 0 else getattr(self, f'patch_embed{i + 1}')
         return embed, getattr(self, f'pos_embed{i + 1}'), getattr(self, f'blocks{i + 1}')
 
-    @staticmethod
-    def _tokens(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-        """Embed output (NCHW) -> channels-last tokens plus the (resized) position table."""
+    @torch.jit.unused
+    def _cpu_layout(self, x: torch.Tensor) -> bool:
+        return kernel_allowed(self.impl, x, ())
+
+    def _tokens(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """Embed output (NCHW) -> channels-last tokens plus the (resized) position table.
+
+        Where the CPU kernels run, the stream is made contiguous once per stage: a permuted
+        NCHW stream (the authors' layout) makes every LayerNorm copy its input and every
+        residual add transpose, forward and backward.
+        """
         x = x.permute(0, 2, 3, 1)
+        if not torch.jit.is_scripting() and self._cpu_layout(x):
+            x = x.contiguous()
         return x + resize_pos_embed(pos_embed, [x.shape[1], x.shape[2]])
 
     def forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
