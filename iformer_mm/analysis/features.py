@@ -61,6 +61,7 @@ class LoadedModel:
     backbone: nn.Module
     checkpoint: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    class_names: Optional[List[str]] = None
 
     def backbone_forward(self, x: torch.Tensor) -> Any:
         """Run the part of the model that holds the analysed layers."""
@@ -153,7 +154,14 @@ def _state_dict_of(obj: Any, path: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def load_weights(model: nn.Module, path: str) -> List[str]:
+def _class_names(obj: Any) -> Optional[List[str]]:
+    """Class names an mmengine run stored with its weights (``meta.dataset_meta.classes``)."""
+    meta = obj.get('meta') if isinstance(obj, dict) else None
+    classes = (meta or {}).get('dataset_meta', {}).get('classes') if isinstance(meta, dict) else None
+    return [str(c) for c in classes] if classes else None
+
+
+def load_weights(model: nn.Module, path: str) -> Tuple[List[str], Optional[List[str]]]:
     """Load ``path`` into ``model`` strictly and safely (``weights_only=True``).
 
     iFormer classifiers go through :func:`iformer_mm.load_pretrained` (it reads the authors'
@@ -161,13 +169,17 @@ def load_weights(model: nn.Module, path: str) -> List[str]:
     checkpoints (the allow-list of :mod:`iformer_mm.engine.trusted_runs`) and timm/torch
     state dicts.
 
+    Returns:
+        ``(notes, class_names)``: what was loaded, and the class names stored with the
+        weights (mmengine runs) or ``None``.
+
     Raises:
         CheckpointError: missing, unreadable, refused or not matching the model.
     """
     from ..models import InceptionTransformer
     from ..pretrained import CheckpointError, load_checkpoint_file, load_pretrained
     if isinstance(model, InceptionTransformer):
-        return [load_pretrained(model, path).summary()]
+        return [load_pretrained(model, path).summary()], None
     try:
         from ..engine.trusted_runs import trusted_run_checkpoints
     except ImportError:  # no mmengine: plain tensors only
@@ -187,7 +199,7 @@ def load_weights(model: nn.Module, path: str) -> List[str]:
             f'{len(wrong)} of another shape (e.g. {wrong[:3]}). Give the checkpoint of a run of '
             'this same config / model name.')
     model.load_state_dict(sd)
-    return [f'loaded {len(sd)} tensors from {path}']
+    return [f'loaded {len(sd)} tensors from {path}'], _class_names(obj)
 
 
 def load_model(spec: Union[str, nn.Module], checkpoint: Optional[str] = None,
@@ -218,11 +230,12 @@ def load_model(spec: Union[str, nn.Module], checkpoint: Optional[str] = None,
     else:
         model, kind = _build_timm(spec, num_classes), 'timm'
         label = label or spec
-    notes = load_weights(model, checkpoint) if checkpoint else ['no checkpoint: initialised weights']
+    notes, classes = (load_weights(model, checkpoint) if checkpoint
+                      else (['no checkpoint: initialised weights'], None))
     model.eval()
     backbone = getattr(model, 'backbone', model) if kind in ('mmdet', 'mmseg') else model
     return LoadedModel(label=label, kind=kind, model=model, backbone=backbone,
-                       checkpoint=checkpoint, notes=notes)
+                       checkpoint=checkpoint, notes=notes, class_names=classes)
 
 
 @contextmanager
