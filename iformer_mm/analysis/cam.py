@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .features import AnalysisError, LoadedModel, find_layers, reference_flow, to_nchw
+from .features import AnalysisError, LoadedModel, find_layers, reference_flow, resolve_layouts, to_nchw
 
 
 def _methods() -> Dict[str, Any]:
@@ -142,6 +142,10 @@ def compute_cam(model: LoadedModel, images: torch.Tensor, layer: Optional[str] =
     name = layer or default_cam_layer(model)
     ((_, target_layer),) = find_layers(model.model, [name], model.label)
     image_hw = (images.shape[-2], images.shape[-1])
+    with reference_flow(model.model):
+        probe_net = model.backbone if name.startswith('backbone.') else model.model
+        sub = name[len('backbone.'):] if probe_net is not model.model else name
+        layout = resolve_layouts(probe_net, images[:1], [(sub, target_layer)], layout)[sub]
 
     def reshape(t: torch.Tensor) -> torch.Tensor:
         return to_nchw(t, image_hw, layout, name)

@@ -377,8 +377,55 @@ def to_nchw(t: torch.Tensor, image_hw: Tuple[int, int], layout: str = 'auto',
                         'map; pick a layer with a 4-D or token output')
 
 
+def _layout_of(t: Any, image_hw: Tuple[int, int]) -> str:
+    """``'nchw'``, ``'nhwc'``, ``'tokens'`` or ``'auto'`` (undecided) for one output."""
+    if not isinstance(t, torch.Tensor):
+        return 'auto'
+    if t.ndim == 3:
+        return 'tokens'
+    if t.ndim == 4:
+        nchw = _spatial_fits(t.shape[2], t.shape[3], image_hw)
+        nhwc = _spatial_fits(t.shape[1], t.shape[2], image_hw)
+        if nchw != nhwc:
+            return 'nchw' if nchw else 'nhwc'
+    return 'auto'
+
+
+def resolve_layouts(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
+                    layers: Sequence[Tuple[str, nn.Module]], layout: str = 'auto') -> Dict[str, str]:
+    """Each layer's output layout, found once on a probe image of another aspect ratio.
+
+    On a square image a ``(B, 32, 32, 32)`` output could be NCHW or NHWC; on a 2:1 probe the
+    spatial axes are the pair with the probe's aspect ratio. Models that only take one input
+    size keep ``'auto'`` (decided per call on the real images).
+    """
+    if layout != 'auto':
+        return {n: layout for n, _ in layers}
+    H, W = x.shape[-2:]
+    probe_hw = (H, max(8, W // 2))
+    probe = torch.nn.functional.interpolate(x[:1], size=probe_hw, mode='bilinear', align_corners=False)
+    seen: Dict[str, str] = {}
+
+    def hook_for(name: str) -> Callable:
+        def hook(mod: nn.Module, args: Any, output: Any) -> None:
+            seen[name] = _layout_of(output, probe_hw)
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers]
+    try:
+        with torch.no_grad():
+            forward(probe)
+    except Exception:  # noqa: BLE001 - fixed-size models refuse the probe: decide per call
+        seen = {}
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: seen.get(n, 'auto') for n, _ in layers}
+
+
 def collect_feature_maps(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
-                         layers: Sequence[Tuple[str, nn.Module]], layout: str = 'auto',
+                         layers: Sequence[Tuple[str, nn.Module]],
+                         layout: Union[str, Dict[str, str]] = 'auto',
                          branches: bool = False) -> Dict[str, torch.Tensor]:
     """Run ``forward(x)`` once and return each layer's output as NCHW (float, detached).
 
@@ -386,16 +433,19 @@ def collect_feature_maps(forward: Callable[[torch.Tensor], Any], x: torch.Tensor
     ``low_mixer`` children) and three maps are returned per mixer: ``'<name>/conv'`` and
     ``'<name>/pool'`` from ``high_mixer``'s output tuple, ``'<name>/attn'`` from ``low_mixer``.
 
+    ``layout`` is one layout for all layers or one per layer name (see :func:`resolve_layouts`).
+
     Raises:
         AnalysisError: a layer never ran as a module during the forward pass (its parent
             bypassed it, so no hook fired), or its output is not a feature map.
     """
     image_hw = (x.shape[-2], x.shape[-1])
+    layouts = layout if isinstance(layout, dict) else {n: layout for n, _ in layers}
     out: Dict[str, torch.Tensor] = {}
     handles = []
 
-    def keep(key: str, t: Any, fmt: str = layout) -> None:
-        out[key] = to_nchw(t, image_hw, fmt, key).detach().float()
+    def keep(key: str, t: Any, fmt: Optional[str] = None) -> None:
+        out[key] = to_nchw(t, image_hw, fmt or layouts.get(key, 'auto'), key).detach().float()
 
     def hook_for(name: str) -> Callable:
         def hook(mod: nn.Module, args: Any, output: Any) -> None:

@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .features import AnalysisError, LoadedModel, collect_feature_maps, find_layers, mixer_layers, reference_flow
+from .features import (AnalysisError, LoadedModel, collect_feature_maps, find_layers, mixer_layers,
+                       reference_flow, resolve_layouts)
 
 EPS = 1e-6  # added to the amplitude before the log, as in Park & Kim's code
 HIGH_FREQ = 0.5  # "high-frequency energy" = mean relative log amplitude over (0.5 pi, pi]
@@ -164,9 +165,10 @@ def analyse(model: LoadedModel, images: torch.Tensor, layers: Union[None, str, S
     branch_meters: Dict[str, _Meter] = {}
     batches = range(0, images.shape[0], batch_size)
     with reference_flow(net):
+        layouts = resolve_layouts(model.backbone_forward, images[:1], chosen, layout)
         for s in tqdm(batches, desc=f'frequency {model.label}', unit='batch', disable=not progress):
             x = images[s:s + batch_size]
-            maps = collect_feature_maps(model.backbone_forward, x, chosen, layout)
+            maps = collect_feature_maps(model.backbone_forward, x, chosen, layouts)
             for name, fmap in maps.items():
                 block_meters[name].update(fmap, name)
             if mixers:
