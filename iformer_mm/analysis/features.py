@@ -303,7 +303,8 @@ def find_layers(module: nn.Module, layers: Union[None, str, Sequence[str]] = Non
                 raise AnalysisError(f'no layer of {label} matches {item!r} (a full-match regex '
                                     f'on module names such as {_examples(named)})')
         else:
-            close = [n for n in names if item.split('.')[-1] in n][:6] or _examples(named, 6)
+            import difflib
+            close = difflib.get_close_matches(item, sorted(names), n=6, cutoff=0.6) or _examples(named, 6)
             raise AnalysisError(f'{label} has no layer named {item!r}; names look like: {", ".join(close)}')
         out += [h for h in hits if h[0] not in {n for n, _ in out}]
     return out
