@@ -84,7 +84,8 @@ def _strip_pretrained(node: Any) -> None:
             _strip_pretrained(v)
 
 
-def _build_from_config(spec: str) -> Tuple[nn.Module, str]:
+def _build_from_config(spec: str) -> Tuple[nn.Module, str, Optional[List[str]]]:
+    """``(model, scope, class names of the config's training set or None)``."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     if '::' in spec:
@@ -111,6 +112,7 @@ def _build_from_config(spec: str) -> Tuple[nn.Module, str]:
         from mmdet.registry import MODELS
     else:
         from mmseg.registry import MODELS
+    classes = (cfg.get('train_dataloader') or {}).get('dataset', {}).get('metainfo', {}).get('classes')
     model = MODELS.build(model_cfg)
     # The modules' own initialisation (pretrained inits were dropped); mmengine logs one
     # INFO paragraph per parameter while doing it, so only warnings are let through.
@@ -122,7 +124,7 @@ def _build_from_config(spec: str) -> Tuple[nn.Module, str]:
         model.init_weights()
     finally:
         mm_logger.setLevel(level)
-    return model, scope
+    return model, scope, [str(c) for c in classes] if classes else None
 
 
 def _build_timm(name: str, num_classes: Optional[int]) -> nn.Module:
@@ -219,19 +221,21 @@ def load_model(spec: Union[str, nn.Module], checkpoint: Optional[str] = None,
     """
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise AnalysisError(f'checkpoint file not found: {checkpoint!r}')
+    cfg_classes = None
     if isinstance(spec, nn.Module):
         model, kind = spec, 'module'
         label = label or type(spec).__name__
     elif not isinstance(spec, str) or not spec:
         raise AnalysisError(f'model must be a config path, a timm name or an nn.Module, got {spec!r}')
     elif spec.endswith('.py') or '::' in spec or os.sep in spec:
-        model, kind = _build_from_config(spec)
+        model, kind, cfg_classes = _build_from_config(spec)
         label = label or os.path.splitext(os.path.basename(spec.split('::')[-1]))[0]
     else:
         model, kind = _build_timm(spec, num_classes), 'timm'
         label = label or spec
     notes, classes = (load_weights(model, checkpoint) if checkpoint
                       else (['no checkpoint: initialised weights'], None))
+    classes = classes or cfg_classes
     model.eval()
     backbone = getattr(model, 'backbone', model) if kind in ('mmdet', 'mmseg') else model
     return LoadedModel(label=label, kind=kind, model=model, backbone=backbone,
@@ -427,12 +431,12 @@ def resolve_layouts(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
 def collect_feature_maps(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
                          layers: Sequence[Tuple[str, nn.Module]],
                          layout: Union[str, Dict[str, str]] = 'auto',
-                         branches: bool = False) -> Dict[str, torch.Tensor]:
+                         mixers: Sequence[Tuple[str, nn.Module]] = ()) -> Dict[str, torch.Tensor]:
     """Run ``forward(x)`` once and return each layer's output as NCHW (float, detached).
 
-    With ``branches=True`` each layer is an iFormer mixer (a module with ``high_mixer`` and
-    ``low_mixer`` children) and three maps are returned per mixer: ``'<name>/conv'`` and
-    ``'<name>/pool'`` from ``high_mixer``'s output tuple, ``'<name>/attn'`` from ``low_mixer``.
+    ``mixers`` are iFormer mixers (modules with ``high_mixer`` and ``low_mixer`` children, see
+    :func:`mixer_layers`); each adds three maps: ``'<name>/conv'`` and ``'<name>/pool'`` from
+    ``high_mixer``'s output tuple, ``'<name>/attn'`` from ``low_mixer``'s output.
 
     ``layout`` is one layout for all layers or one per layer name (see :func:`resolve_layouts`).
 
@@ -467,18 +471,16 @@ def collect_feature_maps(forward: Callable[[torch.Tensor], Any], x: torch.Tensor
 
     try:
         for name, mod in layers:
-            if branches:
-                handles.append(mod.high_mixer.register_forward_hook(high_hook(name)))
-                handles.append(mod.low_mixer.register_forward_hook(low_hook(name)))
-            else:
-                handles.append(mod.register_forward_hook(hook_for(name)))
+            handles.append(mod.register_forward_hook(hook_for(name)))
+        for name, mod in mixers:
+            handles.append(mod.high_mixer.register_forward_hook(high_hook(name)))
+            handles.append(mod.low_mixer.register_forward_hook(low_hook(name)))
         with torch.no_grad():
             forward(x)
     finally:
         for h in handles:
             h.remove()
-    expected = ([f'{n}/{b}' for n, _ in layers for b in ('conv', 'pool', 'attn')] if branches
-                else [n for n, _ in layers])
+    expected = [n for n, _ in layers] + [f'{n}/{b}' for n, _ in mixers for b in ('conv', 'pool', 'attn')]
     silent = [k for k in expected if k not in out]
     if silent:
         raise AnalysisError(

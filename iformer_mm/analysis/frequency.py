@@ -168,12 +168,10 @@ def analyse(model: LoadedModel, images: torch.Tensor, layers: Union[None, str, S
         layouts = resolve_layouts(model.backbone_forward, images[:1], chosen, layout)
         for s in tqdm(batches, desc=f'frequency {model.label}', unit='batch', disable=not progress):
             x = images[s:s + batch_size]
-            maps = collect_feature_maps(model.backbone_forward, x, chosen, layouts)
-            for name, fmap in maps.items():
-                block_meters[name].update(fmap, name)
-            if mixers:
-                for key, fmap in collect_feature_maps(model.backbone_forward, x, mixers, branches=True).items():
-                    branch_meters.setdefault(key, _Meter()).update(fmap, key)
+            maps = collect_feature_maps(model.backbone_forward, x, chosen, layouts, mixers)
+            for key, fmap in maps.items():
+                meters = branch_meters if '/' in key else block_meters
+                meters.setdefault(key, _Meter()).update(fmap, key)
     result = FrequencyResult(label=model.label, num_images=images.shape[0],
                              image_size=tuple(images.shape[-2:]), checkpoint=model.checkpoint)
     for name, meter in block_meters.items():
@@ -283,7 +281,7 @@ def plot_branches(result: FrequencyResult, path: str) -> str:
         _curves(ax, [result.branches[m][branch] for m in mixers], BRANCH_TITLES[branch])
     lo = min(min(result.branches[m][b]['delta']) for m in mixers for b in BRANCHES)
     for ax in axes[:3]:
-        ax.set_ylim(max(lo, -12) - 0.3, 0.5)
+        ax.set_ylim(max(lo, -14) - 0.3, 0.5)
     axes[0].set_ylabel('Δ log amplitude')
     _depth_bar(fig, axes[:3].tolist(), len(mixers))
     ax = axes[3]
@@ -296,7 +294,7 @@ def plot_branches(result: FrequencyResult, path: str) -> str:
     ax.set_title(f'{result.label}: high frequencies per block', fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
