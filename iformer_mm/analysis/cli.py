@@ -27,6 +27,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="layout of the analysed layers' outputs (auto detects it)")
     p.add_argument('--num-classes', type=int, default=None,
                    help='classes of timm classifiers (to fit a fine-tuned checkpoint)')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed for the initialisation of models without a checkpoint (default 0)')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
@@ -43,6 +45,8 @@ def per_model(values: Sequence[str], n: int, what: str) -> List[Optional[str]]:
 
 
 def load_models(args: argparse.Namespace) -> List[LoadedModel]:
+    import torch
+    torch.manual_seed(args.seed)  # a "random init" model is the same on every run
     n = len(args.models)
     ckpts = per_model(args.checkpoint, n, '--checkpoint')
     labels = per_model(args.labels, n, '--labels')
