@@ -251,3 +251,15 @@ def test_both_tools_on_timm_models(tmp_path):
     _run('cam.py', 'resnet18', 'vit_tiny_patch16_224', '--images', imgs, '--out', str(tmp_path / 'cam'),
          '--method', 'gradcam++', '--no-progress')
     assert (tmp_path / 'cam' / 'cam.png').stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cam_tool_on_a_segmentor(tmp_path):
+    """mmseg: the explained target is the region of the main predicted class."""
+    imgs = _images(str(tmp_path / 'images'), n=1)
+    _run('cam.py', os.path.join(REPO, 'configs', 'segmentation', 'fpn_iformer_s_ade20k_80k.py'),
+         '--images', imgs, '--out', str(tmp_path / 'cam'), '--size', '64', '--no-progress')
+    meta = json.loads((tmp_path / 'cam' / 'cam.json').read_text())
+    assert meta['models'][0]['layer'] == 'backbone.blocks4.2'
+    assert meta['models'][0]['targets'][0].startswith('region of')
+    assert (tmp_path / 'cam' / 'cam.png').stat().st_size > 1000

@@ -9,6 +9,14 @@ from .features import AnalysisError, LoadedModel, load_images, load_model
 NO_CHECKPOINT = ('none', '-', '')
 
 
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    """A tool's parser: its docstring as help, and the arguments both tools take."""
+    p = argparse.ArgumentParser(description=doc.split('\n')[0], epilog=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    return p
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Model(s), checkpoints, labels, images and output folder."""
     p.add_argument('models', nargs='+', metavar='CONFIG_OR_MODEL',

@@ -27,9 +27,7 @@ from iformer_mm.analysis import cli  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    cli.add_common_args(p)
+    p = cli.make_parser(__doc__)
     p.add_argument('--layer', nargs='+', default=[], metavar='NAME',
                    help='target layer per model (module name in the whole model, e.g. '
                         'backbone.blocks4.2); default: the backbone\'s last block')

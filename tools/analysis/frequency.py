@@ -25,9 +25,7 @@ from iformer_mm.analysis import cli  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    cli.add_common_args(p)
+    p = cli.make_parser(__doc__)
     p.add_argument('--layers', default=None,
                    help='layers to analyse: module names or full-match regexes, comma-separated '
                         r"(default: every block, e.g. blocks\d+\.\d+ for iFormer, layer\d+\.\d+ for ResNet)")
