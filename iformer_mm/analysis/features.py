@@ -129,7 +129,6 @@ def _build_from_config(spec: str) -> Tuple[nn.Module, str, Optional[List[str]]]:
 
 def _build_timm(name: str, num_classes: Optional[int]) -> nn.Module:
     import timm
-    import iformer_mm  # noqa: F401  (registers the iformer_* names with timm)
     if not timm.is_model(name):
         close = timm.list_models(f'*{name}*')[:8]
         raise AnalysisError(f'{name!r} is neither a config file nor a timm model name'

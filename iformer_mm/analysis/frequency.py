@@ -302,11 +302,10 @@ def plot_branches(result: FrequencyResult, path: str) -> str:
 def write_outputs(results: Sequence[FrequencyResult], out_dir: str) -> Dict[str, str]:
     """All figures and ``frequency.json`` into ``out_dir``; returns ``{what: path}``."""
     os.makedirs(out_dir, exist_ok=True)
-    paths = {
-        'relative_log_amplitude': plot_relative_log_amplitude(results, os.path.join(out_dir, 'relative_log_amplitude.png')),
-        'high_frequency_vs_depth': plot_high_frequency_vs_depth(results, os.path.join(out_dir, 'high_frequency_vs_depth.png')),
-        'spectra_2d': plot_spectra_2d(results, os.path.join(out_dir, 'spectra_2d.png')),
-    }
+    paths = {name: plot(results, os.path.join(out_dir, f'{name}.png')) for name, plot in (
+        ('relative_log_amplitude', plot_relative_log_amplitude),
+        ('high_frequency_vs_depth', plot_high_frequency_vs_depth),
+        ('spectra_2d', plot_spectra_2d))}
     for i, res in enumerate(results):
         if res.branches:
             name = 'branches.png' if len(results) == 1 else f'branches_{i}_{_slug(res.label)}.png'

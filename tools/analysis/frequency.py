@@ -46,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            batch_size=args.batch_size, layout=args.layout, progress=not args.no_progress)
                    for m in models]
         for res in results:
-            highs = ', '.join(f'{n} {b["high"]:.2f}' for n, b in list(res.blocks.items())[::max(1, len(res.blocks) // 6)])
+            some = list(res.blocks.items())[::max(1, len(res.blocks) // 6)]
+            highs = ', '.join(f'{n} {b["high"]:.2f}' for n, b in some)
             print(f'{res.label}: {len(res.blocks)} layers, {len(res.branches)} mixers with branches; '
                   f'high-frequency Δ log amplitude: {highs}')
         for what, path in write_outputs(results, args.out).items():
