@@ -1,7 +1,7 @@
 """Fourier analysis of feature maps: the iFormer paper's Fig. 1 (per block) and Fig. 4 (per branch).
 
-Method (Park & Kim, "How do vision transformers work?", ICLR 2022, Sec. 2.2 and their
-``fourier_analysis.ipynb``, which the iFormer paper follows):
+Method (Park & Kim, "How do vision transformers work?", ICLR 2022, Fig. 2a, and their
+``fourier_analysis.ipynb``; the iFormer paper follows it):
 
 1. 2-D discrete Fourier transform of every channel of a feature map ``(B, C, H, W)``;
 2. log amplitude ``log(|F| + 1e-6)``;
