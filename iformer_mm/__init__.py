@@ -3,6 +3,8 @@
 ``import iformer_mm`` registers, for whatever is installed:
 
 * the OpenMMLab backbone ``iformer_mm.IFormer`` (needs mmengine + mmcv; never imports mmdet/mmseg);
+* the OpenMMLab backbone ``iformer_mm.MobileIFormer`` of the *other* iFormer, the mobile
+  network of ICLR 2025 (needs mmengine + timm >= 1.0.30);
 * the timm models ``iformer_{small,base,large}[_384]`` (needs timm).
 
 The core model (:class:`InceptionTransformer`) and the checkpoint loader need only torch.
@@ -19,6 +21,10 @@ __all__ = ['ARCH_SETTINGS', 'CheckpointError', 'InceptionTransformer', 'LoadRepo
 if _util.find_spec('mmengine') is not None:
     from .models.backbone import IFormer  # noqa: F401  (registers iformer_mm.IFormer)
     __all__.append('IFormer')
+    if _util.find_spec('timm') is not None:
+        # registers iformer_mm.MobileIFormer (the ICLR 2025 mobile iFormer, built from timm)
+        from .models.mobile_iformer import MobileIFormer  # noqa: F401
+        __all__.append('MobileIFormer')
 
 if _util.find_spec('timm') is not None:
     from .models import timm_models  # noqa: F401  (registers the timm model names)

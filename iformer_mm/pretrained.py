@@ -26,6 +26,8 @@ from timm.layers import resample_abs_pos_embed_nhwc
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
+    'mobile_iformer_safe_globals', 'load_mobile_iformer_file', 'extract_mobile_iformer_state_dict',
+    'load_mobile_iformer',
 ]
 
 logger = logging.getLogger('iformer_mm')
@@ -329,5 +331,172 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
     """:func:`load_state_dict_into` plus a log of the report."""
     report = load_state_dict_into(model, checkpoint, strict=strict, use_ema=use_ema,
                                   allowed_missing=allowed_missing, reinit_head=reinit_head)
+    (log or logger).info(report.summary())
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Mobile iFormer (ICLR 2025, timm's ``iformer_t..h``): checkpoints of the authors, their
+# det/seg runs, timm's hub and our own runs. Kept apart from the Inception Transformer
+# functions above: the key layouts and the checkpoint metadata differ.
+# --------------------------------------------------------------------------------------------
+
+def mobile_iformer_safe_globals() -> List[Any]:
+    """The Python objects the authors' Mobile iFormer files hold besides tensors.
+
+    Their training script saves ``args`` (an ``argparse.Namespace`` of strings and numbers) and
+    NumPy scalars (e.g. the best accuracy). Rebuilding these runs no code, so they are allowed
+    by name under ``weights_only=True``, exactly as timm does for the same files; anything else
+    a file references is still refused. Files written with NumPy 1.x name the scalar
+    constructor ``numpy.core.multiarray.scalar``; NumPy 2 moved it to ``numpy._core``.
+    """
+    import argparse
+
+    import numpy as np
+    core = np._core if hasattr(np, '_core') else np.core
+    scalar = core.multiarray.scalar
+    allowed: List[Any] = [argparse.Namespace, np.dtype, type(np.dtype('float64')), scalar]
+    if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
+        allowed.append((scalar, 'numpy.core.multiarray.scalar'))
+    return allowed
+
+
+def load_mobile_iformer_file(path: Union[str, os.PathLike]) -> Any:
+    """:func:`load_checkpoint_file` with :func:`mobile_iformer_safe_globals` allowed."""
+    with torch.serialization.safe_globals(mobile_iformer_safe_globals()):
+        return load_checkpoint_file(path)
+
+
+# The authors' layout (``downsample_layers.*``, ``stages.<i>.<j>.block.*``) vs timm's
+# (``stem.*``, ``stages.<i>.downsample.*``, ``stages.<i>.blocks.<j>.*``).
+_MOBILE_AUTHORS_KEY_RE = re.compile(r'^(downsample_layers\.|stages\.\d+\.\d+\.)')
+_MOBILE_TIMM_KEY_RE = re.compile(r'^(stem\.|stages\.\d+\.(blocks|downsample)\.)')
+_MOBILE_CONTAINER_KEYS = ('state_dict', 'model', 'module')
+
+
+def extract_mobile_iformer_state_dict(obj: Any, use_ema: bool = False) -> Tuple[StateDict, List[str]]:
+    """The Mobile iFormer weights of any supported file, keyed like timm's ``IFormer``.
+
+    Handles the authors' classification files (``model`` / ``model_ema``, plain or distilled),
+    their MMDet/MMSeg checkpoints (``state_dict`` with ``backbone.``-prefixed keys), timm-hub
+    files and our own runs (timm layout, optionally ``backbone.``-prefixed). Keys in the
+    authors' layout are renamed with timm's own converter (``timm.models.iformer``).
+
+    Args:
+        obj: the loaded checkpoint.
+        use_ema: take ``model_ema`` instead of ``model`` when both exist. Off by default: timm
+            loads ``model`` from the authors' files.
+
+    Returns:
+        ``(state_dict, notes)``: tensors keyed like timm's model (classifier keys ``head.*``
+        included when the file has them), and what was unwrapped.
+    """
+    from timm.models.iformer import checkpoint_filter_fn
+
+    notes: List[str] = []
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f'checkpoint is a {type(obj).__name__}, not a dict of tensors')
+    if use_ema and isinstance(obj.get('model_ema'), Mapping):
+        notes.append("took 'model_ema'")
+        obj = obj['model_ema']
+    for _ in range(3):  # nested containers, e.g. {'model': {'state_dict': ...}}
+        key = next((k for k in _MOBILE_CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            break
+        notes.append(f"took '{key}'")
+        obj = obj[key]
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f'checkpoint holds no tensors (top-level keys: {_short(list(obj))})')
+    for prefix in ('module.', '_orig_mod.'):
+        if all(k.startswith(prefix) for k in sd):
+            sd = _strip(sd, prefix)
+            notes.append(f"stripped '{prefix}'")
+    if not any(_MOBILE_AUTHORS_KEY_RE.match(k) or _MOBILE_TIMM_KEY_RE.match(k) for k in sd):
+        for prefix in ('backbone.', 'model.', 'encoder.'):
+            sub = _strip(sd, prefix)
+            if any(_MOBILE_AUTHORS_KEY_RE.match(k) or _MOBILE_TIMM_KEY_RE.match(k) for k in sub):
+                notes.append(f"took the '{prefix}' sub-dict ({len(sub)} of {len(sd)} tensors)")
+                sd = sub
+                break
+    if any(k.startswith('downsample_layers.') for k in sd):
+        sd = checkpoint_filter_fn(sd, None)
+        notes.append("renamed the authors' keys to timm's layout")
+    return sd, notes
+
+
+def _mobile_arch(sd: Mapping[str, torch.Tensor]) -> str:
+    """``dims [..], depths [..]`` of the stages a (timm-layout) state dict has, for messages."""
+    dims, depths = [], []
+    for i in range(4):
+        idx = {int(m.group(1)) for k in sd for m in [re.match(rf'^stages\.{i}\.blocks\.(\d+)\.', k)] if m}
+        if not idx:
+            break
+        depths.append(max(idx) + 1)
+        w = next((v for k, v in sd.items() if k.startswith(f'stages.{i}.blocks.0.') and v.ndim == 4), None)
+        dims.append(int(w.shape[0]) if w is not None else 0)
+    return f'dims {dims}, depths {depths}'
+
+
+def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
+                        strict: bool = True, use_ema: bool = False,
+                        allowed_missing: Iterable[str] = (),
+                        log: Optional[logging.Logger] = None) -> LoadReport:
+    """Load any Mobile iFormer checkpoint into a timm ``IFormer`` or ``MobileIFormer`` backbone.
+
+    Classifier keys are dropped when the model has no classifier, and so are the stages a
+    backbone does not build (after its last output). Everything else must match.
+
+    Args:
+        model: timm's ``iformer_*`` model or :class:`~iformer_mm.models.mobile_iformer.MobileIFormer`.
+        checkpoint: a file (read with ``weights_only=True`` and :func:`mobile_iformer_safe_globals`)
+            or an already-read checkpoint.
+        strict: raise :class:`CheckpointError` when a model key is missing (``allowed_missing``
+            regexes excepted) or a checkpoint key is unexpected.
+        use_ema: see :func:`extract_mobile_iformer_state_dict`.
+        allowed_missing: regexes of model keys that may stay at init (e.g. new output norms).
+        log: logger for the report (default: the package logger).
+
+    Raises:
+        CheckpointError: unreadable file, no Mobile iFormer weights, another variant (shape
+            mismatch), or a non-strict match under ``strict=True``.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else '<state_dict>'
+    obj = load_mobile_iformer_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    report = LoadReport(source=source)
+    sd, report.notes = extract_mobile_iformer_state_dict(obj, use_ema=use_ema)
+    target = model.state_dict()
+    if not set(sd) & set(target):
+        raise CheckpointError(
+            f'{source}: no key matches the Mobile iFormer model (first keys: {_short(sorted(sd), 5)}). '
+            "Expected the authors' iFormer_*.pth, their det/seg checkpoint, a timm iformer_* file "
+            'or a checkpoint of this backbone.')
+    built_stages = {int(m.group(1)) for k in target for m in [re.match(r'^stages\.(\d+)\.', k)] if m}
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k not in target:
+            stage = re.match(r'^stages\.(\d+)\.', k)
+            if k.startswith('head.') or (stage and int(stage.group(1)) not in built_stages):
+                report.dropped.append(k)
+            else:
+                report.unexpected.append(k)
+            continue
+        if tuple(v.shape) != tuple(target[k].shape):
+            raise CheckpointError(
+                f'{source}: {k} has shape {list(v.shape)} in the checkpoint but '
+                f'{list(target[k].shape)} in the model: the file holds another variant '
+                f'({_mobile_arch(sd)}; the model has {_mobile_arch(target)}). Set arch to the '
+                "checkpoint's variant (t/s/m/l/l2/h) or use the matching checkpoint.")
+        out[k] = v
+    report.loaded = sorted(out)
+    report.missing = sorted(set(target) - set(out))
+    allowed = [re.compile(p) for p in allowed_missing]
+    bad_missing = [k for k in report.missing if not any(p.search(k) for p in allowed)]
+    if strict and (bad_missing or report.unexpected):
+        raise CheckpointError(
+            f'{source} does not match the model strictly ({_mobile_arch(sd)} in the file, '
+            f'{_mobile_arch(target)} in the model).\n  missing: {_short(bad_missing) or "none"}\n'
+            f'  unexpected: {_short(report.unexpected) or "none"}')
+    model.load_state_dict(out, strict=False)
     (log or logger).info(report.summary())
     return report
