@@ -346,7 +346,9 @@ def mobile_iformer_safe_globals() -> List[Any]:
 
     Their training script saves ``args`` (an ``argparse.Namespace`` of strings and numbers) and
     NumPy scalars (e.g. the best accuracy). Rebuilding these runs no code, so they are allowed
-    by name under ``weights_only=True``, exactly as timm does for the same files; anything else
+    by name under ``weights_only=True``, as timm does for the same files (timm allows float64
+    scalars under the NumPy 1.x name only; this list also covers files re-saved under NumPy 2
+    and the other usual scalar types); anything else
     a file references is still refused. Files written with NumPy 1.x name the scalar
     constructor ``numpy.core.multiarray.scalar``; NumPy 2 moved it to ``numpy._core``.
     """
@@ -355,7 +357,9 @@ def mobile_iformer_safe_globals() -> List[Any]:
     import numpy as np
     core = np._core if hasattr(np, '_core') else np.core
     scalar = core.multiarray.scalar
-    allowed: List[Any] = [argparse.Namespace, np.dtype, type(np.dtype('float64')), scalar]
+    # dtype classes (NumPy >= 1.25 gives each dtype its own class) of the scalars such files hold
+    dtypes = {type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')}
+    allowed: List[Any] = [argparse.Namespace, np.dtype, scalar, *sorted(dtypes, key=str)]
     if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
         allowed.append((scalar, 'numpy.core.multiarray.scalar'))
     return allowed
@@ -374,7 +378,7 @@ _MOBILE_TIMM_KEY_RE = re.compile(r'^(stem\.|stages\.\d+\.(blocks|downsample)\.)'
 _MOBILE_CONTAINER_KEYS = ('state_dict', 'model', 'module')
 
 
-def extract_mobile_iformer_state_dict(obj: Any, use_ema: bool = False) -> Tuple[StateDict, List[str]]:
+def extract_mobile_iformer_state_dict(obj: Any, use_ema: bool = True) -> Tuple[StateDict, List[str]]:
     """The Mobile iFormer weights of any supported file, keyed like timm's ``IFormer``.
 
     Handles the authors' classification files (``model`` / ``model_ema``, plain or distilled),
@@ -384,8 +388,7 @@ def extract_mobile_iformer_state_dict(obj: Any, use_ema: bool = False) -> Tuple[
 
     Args:
         obj: the loaded checkpoint.
-        use_ema: take ``model_ema`` instead of ``model`` when both exist. Off by default: timm
-            loads ``model`` from the authors' files.
+        use_ema: take ``model_ema`` / ``state_dict_ema`` when the file has them, as timm does.
 
     Returns:
         ``(state_dict, notes)``: tensors keyed like timm's model (classifier keys ``head.*``
@@ -396,9 +399,10 @@ def extract_mobile_iformer_state_dict(obj: Any, use_ema: bool = False) -> Tuple[
     notes: List[str] = []
     if not isinstance(obj, Mapping):
         raise CheckpointError(f'checkpoint is a {type(obj).__name__}, not a dict of tensors')
-    if use_ema and isinstance(obj.get('model_ema'), Mapping):
-        notes.append("took 'model_ema'")
-        obj = obj['model_ema']
+    ema = next((k for k in ('model_ema', 'state_dict_ema') if isinstance(obj.get(k), Mapping)), None)
+    if use_ema and ema:
+        notes.append(f"took '{ema}'")
+        obj = obj[ema]
     for _ in range(3):  # nested containers, e.g. {'model': {'state_dict': ...}}
         key = next((k for k in _MOBILE_CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
@@ -439,7 +443,7 @@ def _mobile_arch(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
-                        strict: bool = True, use_ema: bool = False,
+                        strict: bool = True, use_ema: bool = True,
                         allowed_missing: Iterable[str] = (),
                         log: Optional[logging.Logger] = None) -> LoadReport:
     """Load any Mobile iFormer checkpoint into a timm ``IFormer`` or ``MobileIFormer`` backbone.

@@ -75,7 +75,7 @@ class MobileIFormer(BaseModule):
             ``weights_only=True``, the authors' classification files (plain or distilled),
             their det/seg checkpoints, timm files or this backbone's checkpoints; see
             :func:`iformer_mm.pretrained.load_mobile_iformer`. Optional keys ``strict``
-            (default True) and ``use_ema`` (default False).
+            (default True) and ``use_ema`` (default True: ``model_ema`` when present, as timm).
     """
 
     def __init__(
@@ -170,7 +170,7 @@ class MobileIFormer(BaseModule):
             if 'checkpoint' not in cfg:
                 raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH")
             self._pretrained_report = load_mobile_iformer(
-                self, cfg['checkpoint'], strict=cfg.get('strict', True), use_ema=cfg.get('use_ema', False),
+                self, cfg['checkpoint'], strict=cfg.get('strict', True), use_ema=cfg.get('use_ema', True),
                 allowed_missing=[r'^norm\d\.'],  # output norms are new in a dense model
                 log=MMLogger.get_current_instance())
             self._is_init = True
