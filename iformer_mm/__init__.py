@@ -3,7 +3,9 @@
 ``import iformer_mm`` registers, for whatever is installed:
 
 * the OpenMMLab backbone ``iformer_mm.IFormer`` (needs mmengine + mmcv; never imports mmdet/mmseg);
-* the timm models ``iformer_{small,base,large}[_384]`` (needs timm).
+* the timm models ``iformer_{small,base,large}[_384]`` and ``identityformer_*`` (needs timm);
+* the OpenMMLab backbone ``iformer_mm.TimmBackbone`` over any timm model with
+  ``forward_intermediates`` (needs mmengine and timm).
 
 The core model (:class:`InceptionTransformer`) and the checkpoint loader need only torch.
 """
@@ -21,4 +23,7 @@ if _util.find_spec('mmengine') is not None:
     __all__.append('IFormer')
 
 if _util.find_spec('timm') is not None:
-    from .models import timm_models  # noqa: F401  (registers the timm model names)
+    from .models import metaformer_models, timm_models  # noqa: F401  (register timm model names)
+    if _util.find_spec('mmengine') is not None:
+        from .models.timm_backbone import TimmBackbone  # noqa: F401  (registers iformer_mm.TimmBackbone)
+        __all__.append('TimmBackbone')
