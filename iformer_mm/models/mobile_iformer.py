@@ -18,26 +18,21 @@ detection/segmentation models do differently:
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
-from timm.layers import LayerNorm2d
+from timm.models._manipulate import checkpoint_seq
 from timm.models.iformer import SHMA, SHMABlock
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..pretrained import load_mobile_iformer
+from ..pretrained import LoadReport, load_mobile_iformer
 from ..registry import MODELS
+from .timm_backbone import TimmBackbone
 
 __all__ = ['MobileIFormer', 'AUTHORS_WINDOW_BLOCKS', 'MOBILE_IFORMER_ARCHS']
 
-NUM_STAGES = 4
 WINDOW_STAGE = 2  # stage 3 (0-based 2), at stride 16
 #: arch -> timm model name.
 MOBILE_IFORMER_ARCHS = {a: f'iformer_{a}' for a in ('t', 's', 'm', 'l', 'l2', 'h')}
@@ -49,8 +44,12 @@ AUTHORS_WINDOW_SIZE = 16
 
 
 @MODELS.register_module()
-class MobileIFormer(BaseModule):
+class MobileIFormer(TimmBackbone):
     """Mobile iFormer (ICLR 2025) backbone returning NCHW maps at strides 4, 8, 16, 32.
+
+    A :class:`~iformer_mm.models.timm_backbone.TimmBackbone` over timm's ``iformer_<arch>``
+    (``frozen_stages``, ``norm_eval``, ``get_layer_depth``, output norms and loading come from
+    there) with the authors' windowed stage 3 and their defaults.
 
     Args:
         arch: ``'t' | 's' | 'm' | 'l' | 'l2' | 'h'`` (timm's ``iformer_<arch>``).
@@ -64,18 +63,20 @@ class MobileIFormer(BaseModule):
             ``None``: the authors' positions (M/L/L2; required for T/S/H with windows).
         frozen_stages: -1 none; 0 the stem; k >= 1 the stem and stages 1..k (weights frozen,
             modules kept in eval mode).
-        norm_eval: keep every BatchNorm in eval mode while training (the authors' recipe).
-        norm_cfg: ``dict(type='BN')`` or ``dict(type='SyncBN')`` (multi-GPU runs that train
-            BN statistics, i.e. with ``norm_eval=False``).
+        norm_eval: keep every BatchNorm in eval mode while training (default, the authors'
+            recipe).
+        norm_cfg: ``dict(type='BN')`` (default) or ``dict(type='SyncBN')`` for multi-GPU runs
+            that train BN statistics (``norm_eval=False``); tools/train.py turns SyncBN into
+            BN on CPU.
         drop_path_rate: stochastic depth, per stage as timm's model (the authors' dense
             models use 0).
-        with_cp: gradient checkpointing of every block (saves memory, costs a recompute).
-        out_norm: LayerNorm2d on each returned map (``norm{i}``); off as the authors.
+        with_cp: gradient checkpointing of the blocks (saves memory, costs a recompute).
+        out_norm: ``None`` (default, raw maps as the authors), ``'ln'`` or ``'gn'``.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads, strictly and with
-            ``weights_only=True``, the authors' classification files (plain or distilled),
-            their det/seg checkpoints, timm files or this backbone's checkpoints; see
-            :func:`iformer_mm.pretrained.load_mobile_iformer`. Optional keys ``strict``
-            (default True) and ``use_ema`` (default True: ``model_ema`` when present, as timm).
+            ``weights_only=True``, the authors' classification files (plain or distilled,
+            ``Namespace`` and NumPy scalars allowed), their det/seg checkpoints, timm files or
+            this backbone's checkpoints. Optional keys ``strict`` (default True) and
+            ``use_ema`` (default True: ``model_ema`` when present, as timm).
     """
 
     def __init__(
@@ -90,44 +91,25 @@ class MobileIFormer(BaseModule):
             norm_cfg: Optional[Dict[str, Any]] = None,
             drop_path_rate: float = 0.0,
             with_cp: bool = False,
-            out_norm: bool = False,
+            out_norm: Optional[str] = None,
             init_cfg: Optional[Union[dict, list]] = None,
     ) -> None:
-        super().__init__(init_cfg=copy.deepcopy(init_cfg))
         if arch not in MOBILE_IFORMER_ARCHS:
-            raise ValueError(f'arch {arch!r} is not a Mobile iFormer: use one of {list(MOBILE_IFORMER_ARCHS)}')
+            raise ValueError(f'arch {arch!r} is not a Mobile iFormer: use one of {list(MOBILE_IFORMER_ARCHS)} '
+                             "(the Inception Transformer's small/base/large is iformer_mm.IFormer)")
+        super().__init__(MOBILE_IFORMER_ARCHS[arch], out_indices=out_indices, out_norm=out_norm,
+                         frozen_stages=frozen_stages, norm_eval=norm_eval, drop_path_rate=drop_path_rate,
+                         with_cp=with_cp, in_channels=in_channels, init_cfg=init_cfg)
         self.arch = arch
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        if not out_indices or any(not isinstance(i, int) or not -NUM_STAGES <= i < NUM_STAGES
-                                  for i in out_indices):
-            raise ValueError(f'out_indices {tuple(out_indices)} out of range: Mobile iFormer has stages 0..3')
-        self.out_indices = tuple(sorted({i % NUM_STAGES for i in out_indices}))
-        if not -1 <= frozen_stages <= NUM_STAGES:
-            raise ValueError(f'frozen_stages must be in -1..{NUM_STAGES}, got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.with_cp = with_cp
-
-        # timm's model, without classifier; its stem and stages become ours (same names).
-        net = timm.create_model(MOBILE_IFORMER_ARCHS[arch], pretrained=False, num_classes=0,
-                                in_chans=in_channels, drop_path_rate=drop_path_rate)
-        self.num_stages_built = max(self.out_indices) + 1
-        self.stem = net.stem
-        self.stages = nn.Sequential(*list(net.stages)[:self.num_stages_built])
-        self.embed_dims = tuple(f['num_chs'] for f in net.feature_info)
-        self.depths = tuple(len(s.blocks) for s in net.stages)
-        self.out_channels = tuple(self.embed_dims[i] for i in self.out_indices)
-        self.feature_info = [net.feature_info[i] for i in self.out_indices]
+        # the authors' distilled files (the recommended dense init) add a second classifier:
+        # part of the full model by design, so it is reported as dropped, not unexpected
+        self.full_shapes.update({k.replace('head.head.', 'head.head_dist.', 1): v
+                                 for k, v in self.full_shapes.items() if k.startswith('head.head.')})
+        self.depths = tuple(len(s.blocks) for s in self.stages)
         self.window_size, self.window_blocks = self._resolve_windows(window_size, window_blocks)
-
-        self.out_norm = out_norm
-        if out_norm:
-            for i in self.out_indices:
-                self.add_module(f'norm{i}', LayerNorm2d(self.embed_dims[i]))
         norm_type = (norm_cfg or {}).get('type', 'BN')
         if norm_type in ('SyncBN', 'MMSyncBN'):
-            nn.SyncBatchNorm.convert_sync_batchnorm(self)
+            nn.SyncBatchNorm.convert_sync_batchnorm(self)  # in place: the modules are shared with timm's model
         elif norm_type not in ('BN', 'BN2d'):
             raise ValueError(f"norm_cfg type {norm_type!r} not supported: use 'BN' or 'SyncBN'")
         self._freeze_stages()
@@ -141,7 +123,7 @@ class MobileIFormer(BaseModule):
             return None, None
         if not isinstance(window_size, int) or window_size <= 0:
             raise ValueError(f"window_size must be a positive int, None or 'auto', got {window_size!r}")
-        if WINDOW_STAGE >= self.num_stages_built:
+        if WINDOW_STAGE >= len(self.stages):
             return window_size, None  # stage 3 is not built: nothing to window
         attn = [j for j, b in enumerate(self.stages[WINDOW_STAGE].blocks) if isinstance(b, SHMABlock)]
         if window_blocks is None:
@@ -158,33 +140,17 @@ class MobileIFormer(BaseModule):
                 f'(split <= merge) of {self.arch!r}, i.e. among {attn}')
         return window_size, (split, merge)
 
-    # ------------------------------------------------------------------ init
-    def init_weights(self) -> None:
-        """Load ``init_cfg=dict(type='Pretrained', checkpoint=...)`` with the safe loader.
-
-        Other ``init_cfg`` types go through mmengine's initialisers; without one the weights
-        keep timm's initialisation (training from scratch).
-        """
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH")
-            self._pretrained_report = load_mobile_iformer(
-                self, cfg['checkpoint'], strict=cfg.get('strict', True), use_ema=cfg.get('use_ema', True),
-                allowed_missing=[r'^norm\d\.'],  # output norms are new in a dense model
-                log=MMLogger.get_current_instance())
-            self._is_init = True
-        elif cfg:
-            super().init_weights()
-        self._freeze_stages()
+    def load_weights(self, checkpoint: Any, strict: bool = True, use_ema: bool = True) -> LoadReport:
+        """The adapter's loader with the authors' ``Namespace`` / NumPy scalars allowed (:func:`load_mobile_iformer`)."""
+        return load_mobile_iformer(self, checkpoint, strict=strict, use_ema=use_ema,
+                                   allowed_missing=[r'^norm\d+\.'], log=MMLogger.get_current_instance())
 
     # ------------------------------------------------------------------ forward
-    def _run(self, blocks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    def _run(self, stage: nn.Module, blocks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        if stage.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint_seq(nn.Sequential(*blocks), x)
         for block in blocks:
-            if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+            x = block(x)
         return x
 
     def _forward_windowed(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -192,66 +158,25 @@ class MobileIFormer(BaseModule):
         split, merge = self.window_blocks
         ws = self.window_size
         blocks = list(stage.blocks)
-        x = self._run(blocks[:split], x)
+        x = self._run(stage, blocks[:split], stage.downsample(x))
         H, W = x.shape[-2:]
         x = F.pad(x, (0, (ws - W % ws) % ws, 0, (ws - H % ws) % ws))
         Hp, Wp = x.shape[-2:]
         # (B, C, Hp, Wp) -> (B * nWin, C, ws, ws), batch-major then row-major (timm's helpers)
-        x = self._run(blocks[split:merge + 1], SHMA._window_partition(x, ws))
+        x = self._run(stage, blocks[split:merge + 1], SHMA._window_partition(x, ws))
         x = SHMA._window_reverse(x, ws, Hp, Wp)[:, :, :H, :W].contiguous()
-        return self._run(blocks[merge + 1:], x)
+        return self._run(stage, blocks[merge + 1:], x)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, C, H, W)`` of any size -> tuple of ``(B, C_i, ~H/s_i, ~W/s_i)``, s = 4, 8, 16, 32."""
+        if self.window_blocks is None:
+            return super().forward(x)  # timm's forward_intermediates
         if x.ndim != 4:
-            raise ValueError(f'MobileIFormer expects a (B, C, H, W) image batch, got shape {tuple(x.shape)}')
+            raise ValueError(f'MobileIFormer expects a (B, C, H, W) batch, got shape {tuple(x.shape)}')
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            if i == WINDOW_STAGE and self.window_blocks is not None:
-                x = self._forward_windowed(stage, stage.downsample(x))
-            else:
-                x = self._run(stage.blocks, stage.downsample(x))
+            x = self._forward_windowed(stage, x) if i == WINDOW_STAGE else stage(x)
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x) if self.out_norm else x)
         return tuple(outs)
-
-    # ------------------------------------------------------------------ training modes
-    def _frozen_modules(self) -> List[nn.Module]:
-        mods: List[nn.Module] = [self.stem] if self.frozen_stages >= 0 else []
-        for i in range(min(self.frozen_stages, self.num_stages_built)):
-            mods.append(self.stages[i])
-            if hasattr(self, f'norm{i}'):
-                mods.append(getattr(self, f'norm{i}'))
-        return mods
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'MobileIFormer':
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    # ------------------------------------------------------------------ lr decay
-    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
-        """Layer id for layer-wise lr decay: stem 0, block j of stage i its global index + 1
-        (a stage's downsampling shares its first block's id), anything else the last id."""
-        num_layers = sum(self.depths) + 2
-        if not param_name.startswith(prefix):
-            return num_layers - 1, num_layers
-        name = param_name[len(prefix):].split('.')
-        if name[0] == 'stem':
-            return 0, num_layers
-        if name[0] == 'stages':
-            i = int(name[1])
-            j = int(name[3]) if name[2] == 'blocks' else 0
-            return sum(self.depths[:i]) + j + 1, num_layers
-        return num_layers - 1, num_layers
