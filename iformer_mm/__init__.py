@@ -26,7 +26,7 @@ if _util.find_spec('mmengine') is not None:
     __all__.append('IFormer')
 
 if _util.find_spec('timm') is not None:
-    from .models import metaformer_models, timm_models  # noqa: F401  (register timm model names)
+    from .models import metaformer, timm_models  # noqa: F401  (register timm model names)
     if _util.find_spec('mmengine') is not None:
         from .models.timm_backbone import TimmBackbone  # noqa: F401  (registers iformer_mm.TimmBackbone)
         __all__.append('TimmBackbone')

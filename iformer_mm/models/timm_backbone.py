@@ -28,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..pretrained import CheckpointError, LoadReport, load_timm_weights
 from ..registry import MODELS
-from .metaformer_models import REFUSED_DENSE
+from .metaformer import REFUSED_DENSE
 
 __all__ = ['TimmBackbone']
 

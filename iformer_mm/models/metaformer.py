@@ -10,6 +10,10 @@ the authors' sail-sg checkpoints load through timm's own ``checkpoint_filter_fn`
 RandFormer (a frozen random token-mixing matrix) is deliberately not registered: the matrix is
 sized for 14x14 / 7x7 maps, so the model only takes 224x224 inputs and cannot be a dense
 backbone; :data:`REFUSED_DENSE` says so and what to use instead.
+
+The module is named like timm's own ``timm.models.metaformer``: timm files models by the last
+part of their module name, so ``timm.list_models(module='metaformer')`` lists ``identityformer_*``
+with the other MetaFormers.
 """
 from __future__ import annotations
 
