@@ -101,3 +101,42 @@ def _tool_converter():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.mark.parametrize('arch', ['m', 'l', 'l2'])
+def test_configs_follow_the_authors_recipes_and_fit_the_backbone(arch):
+    """Each config has the authors' optimizer, schedule, batch and distilled init, and its
+    neck takes exactly the backbone's output channels (model built, one forward)."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    det = Config.fromfile(str(REPO / 'configs' / 'detection' / f'mask_rcnn_mobile_iformer_{arch}_1x.py'))
+    seg = Config.fromfile(str(REPO / 'configs' / 'segmentation' / f'fpn_mobile_iformer_{arch}_ade20k_40k.py'))
+    for cfg in (det, seg):
+        bb = cfg.model.backbone
+        assert (bb.type, bb.arch) == ('iformer_mm.MobileIFormer', arch)
+        assert bb.init_cfg.checkpoint.endswith(f'iFormer_{arch}_distill.pth')
+        assert cfg.optim_wrapper.optimizer.type == 'AdamW' and cfg.optim_wrapper.optimizer.lr == 2e-4
+    assert det.optim_wrapper.optimizer.weight_decay == 0.05
+    warm, steps = det.param_scheduler
+    assert (warm.type, warm.start_factor, warm.end, warm.by_epoch) == ('LinearLR', 1e-6, 500, False)
+    assert (steps.type, steps.milestones, det.train_cfg.max_epochs) == ('MultiStepLR', [8, 11], 12)
+    assert det.train_dataloader.batch_size * 8 == det.auto_scale_lr.base_batch_size == 16
+    assert seg.optim_wrapper.optimizer.weight_decay == 1e-4
+    (poly,) = seg.param_scheduler
+    assert (poly.type, poly.power, poly.eta_min, poly.end) == ('PolyLR', 0.9, 1e-6, 40000)
+    assert seg.train_cfg.max_iters == 40000 and seg.crop_size == (512, 512)
+    assert seg.train_dataloader.batch_size * 8 == seg.auto_scale_lr.base_batch_size == 32
+
+    for cfg, scope in ((det, 'mmdet'), (seg, 'mmseg')):
+        init_default_scope(scope)
+        cfg.model.backbone.init_cfg = None
+        if scope == 'mmseg':
+            cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs CUDA
+        model = MODELS.build(cfg.model).eval()
+        assert list(cfg.model.neck.in_channels) == list(model.backbone.out_channels)
+        assert model.backbone.window_blocks is not None and model.backbone.norm_eval
+        with torch.no_grad():
+            feats = model.extract_feat(torch.randn(1, 3, 96, 160))
+        assert all(torch.isfinite(f).all() for f in feats)
