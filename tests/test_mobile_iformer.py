@@ -297,7 +297,8 @@ def test_timm_hub_file_and_own_run_checkpoint_load(authors_sd, tmp_path):
 
 def test_wrong_variant_and_non_strict_files_are_refused(authors_sd, tmp_path):
     sd = authors_sd('l', 'dense')
-    with pytest.raises(CheckpointError, match=r'shape \[256, 96, 3, 3\] in the checkpoint but \[192, 96, 3, 3\] in the model: .*another variant'):
+    with pytest.raises(CheckpointError,
+                       match=r'shape \[256, 96, 3, 3\] in the checkpoint but \[192, 96, 3, 3\] in the model: .*another variant'):
         load_mobile_iformer(MobileIFormer('m'), sd)
     sd_m = authors_sd('m', 'dense')
     del sd_m['stages.2.10.block.token_channel_mixer.m.q.c.weight']
@@ -325,8 +326,12 @@ def test_window_options_and_errors():
         MobileIFormer('t', window_size=16)
     with pytest.raises(ValueError, match=r'attention blocks .*\[10, 13, 16, 19\]'):
         MobileIFormer('m', window_blocks=(9, 19))
-    with pytest.raises(ValueError, match="not a Mobile iFormer"):
+    with pytest.raises(ValueError, match="not a Mobile iFormer.*iformer_mm.IFormer"):
         MobileIFormer('small')
+    from timm.layers import DropPath
+    rates = [m.drop_prob for m in MobileIFormer('m', drop_path_rate=0.1).modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.1)
+    assert not any(isinstance(m, DropPath) for m in MobileIFormer('m').modules())  # authors: none
 
 
 def test_norm_eval_frozen_stages_and_with_cp():

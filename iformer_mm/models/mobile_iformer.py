@@ -141,7 +141,7 @@ class MobileIFormer(TimmBackbone):
         return window_size, (split, merge)
 
     def load_weights(self, checkpoint: Any, strict: bool = True, use_ema: bool = True) -> LoadReport:
-        """The adapter's loader with the authors' ``Namespace`` / NumPy scalars allowed (:func:`load_mobile_iformer`)."""
+        """The adapter's loader, the authors' ``Namespace`` / NumPy scalars allowed (:func:`load_mobile_iformer`)."""
         return load_mobile_iformer(self, checkpoint, strict=strict, use_ema=use_ema,
                                    allowed_missing=[r'^norm\d+\.'], log=MMLogger.get_current_instance())
 

@@ -81,7 +81,7 @@ def main(argv: List[str] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    print(f'| backbone (config) | params (M) | median ms | min ms |\n|---|---|---|---|')
+    print('| backbone (config) | params (M) | median ms | min ms |\n|---|---|---|---|')
     for config in args.configs:
         model = build_backbone(config)
         r = time_backbone(model, args.shape, args.repeats)
