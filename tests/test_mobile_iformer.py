@@ -298,7 +298,8 @@ def test_timm_hub_file_and_own_run_checkpoint_load(authors_sd, tmp_path):
 def test_wrong_variant_and_non_strict_files_are_refused(authors_sd, tmp_path):
     sd = authors_sd('l', 'dense')
     with pytest.raises(CheckpointError,
-                       match=r'shape \[256, 96, 3, 3\] in the checkpoint but \[192, 96, 3, 3\] in the model: .*another variant'):
+                       match=r'shape \[256, 96, 3, 3\] in the checkpoint but \[192, 96, 3, 3\] '
+                             r'in the model: .*another variant'):
         load_mobile_iformer(MobileIFormer('m'), sd)
     sd_m = authors_sd('m', 'dense')
     del sd_m['stages.2.10.block.token_channel_mixer.m.q.c.weight']
