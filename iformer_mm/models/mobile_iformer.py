@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models.iformer import SHMA, SHMABlock
 from torch import nn
 
