@@ -19,7 +19,8 @@ setup(
     python_requires='>=3.8',
     # torch, torchvision, mmcv and timm are deliberately not declared: on CPU machines any
     # requirement that admits a newer torch makes pip pull a multi-GB CUDA build, and mmcv must be
-    # built against the installed torch. tools/install.sh installs the tested stack in order.
+    # built against the installed torch. tools/install.sh installs the tested stack in order
+    # (timm >= 1.0.30, checked at run time by iformer_mm.env).
     install_requires=['numpy', 'packaging'],
     extras_require={'tests': ['pytest', 'pytest-timeout']},
     license='Apache-2.0',

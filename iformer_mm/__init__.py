@@ -1,15 +1,18 @@
-"""iformer_mm: the Inception Transformer (iFormer) for timm, MMDetection 3.x and MMSegmentation 1.x.
+"""iformer_mm: the Inception Transformer (iFormer) for timm, MMDetection 3.x and MMSegmentation 1.x,
+with the backbones its users compare it with.
 
 ``import iformer_mm`` registers:
 
-* the timm models ``iformer_{small,base,large}[_384]``;
-* the OpenMMLab backbone ``iformer_mm.IFormer`` when mmengine is installed (mmdet/mmseg are
-  never imported here).
+* the timm models ``iformer_{small,base,large}[_384]`` and ``identityformer_*``;
+* when mmengine is installed (mmdet/mmseg are never imported here), the OpenMMLab backbones
+  ``iformer_mm.IFormer``, ``iformer_mm.TimmBackbone`` (any timm model with
+  ``forward_intermediates``: CAFormer, ConvFormer, PoolFormer v1/v2, IdentityFormer, ...) and
+  ``iformer_mm.MobileIFormer`` (the ICLR 2025 mobile iFormer's dense models).
 
 Layout: :mod:`.models` (the reference model, timm and mm adapters), :mod:`.ops` (fast kernels
 beside the modules they stand in for), :mod:`.pretrained` (the one safe checkpoint loader),
 :mod:`.registry`, :mod:`.engine` (runner helpers), :mod:`.datasets` (registered datasets),
-:mod:`.datagen` (dataset generators).
+:mod:`.datagen` (dataset generators), :mod:`.analysis` (the tools' logic).
 """
 from .models import ARCH_SETTINGS, InceptionTransformer, resolve_arch
 from .pretrained import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained
@@ -17,9 +20,8 @@ from .version import __version__
 
 __all__ = ['ARCH_SETTINGS', 'CheckpointError', 'InceptionTransformer', 'LoadReport',
            'load_checkpoint_file', 'load_pretrained', 'resolve_arch', '__version__']
-
-try:
-    from .models import IFormer  # noqa: F401
-    __all__.append('IFormer')
-except ImportError:  # mmengine not installed: timm and plain PyTorch use only
+try:  # the OpenMMLab backbones (registered when mmengine is installed)
+    from .models import IFormer, MobileIFormer, TimmBackbone  # noqa: F401
+    __all__ += ['IFormer', 'MobileIFormer', 'TimmBackbone']
+except ImportError:
     pass

@@ -32,6 +32,9 @@ KNOWN_GOOD: Dict[str, str] = {
     'torch': '2.13.0', 'torchvision': '0.28.0', 'timm': '1.0.31', 'mmengine': '0.10.7',
     'mmcv': '2.1.0', 'mmdet': '3.3.0', 'mmsegmentation': '1.2.2',
 }
+# Oldest timm everything here works with (TimmBackbone over MetaFormers, mobile iFormer).
+TIMM_FLOOR: Tuple[int, int, int] = (1, 0, 30)
+_TIMM_FLOOR_STR = '.'.join(map(str, TIMM_FLOOR))
 # Distribution names whose versions are printed (import name differs for a few).
 _DISTS = ('torch', 'torchvision', 'timm', 'mmengine', 'mmcv', 'mmcv-lite', 'mmdet',
           'mmsegmentation', 'numpy', 'opencv-python', 'opencv-python-headless', 'setuptools',
@@ -136,11 +139,13 @@ def check_versions(versions: Mapping[str, Optional[str]]) -> List[Finding]:
     timm_v = v.get('timm')
     if timm_v is None:
         found.append(Finding('timm', 'warn', 'timm is not installed: the iformer_* timm models '
-                             'are unavailable', f'pip install "timm>=1.0.9" torch=={_plain(torch_v)}',
+                             'are unavailable', f'pip install "timm>={_TIMM_FLOOR_STR}" torch=={_plain(torch_v)}',
                              tasks=('timm',)))
-    elif _parse(timm_v) < (1, 0, 9):
-        found.append(Finding('timm', 'error', f'timm {timm_v} is older than 1.0.9',
-                             f'pip install "timm>=1.0.9" torch=={_plain(torch_v)}', tasks=('timm',)))
+    elif _parse(timm_v) < TIMM_FLOOR:
+        # 1.0.13: correct MetaFormer strides; 1.0.16: their forward_intermediates (TimmBackbone);
+        # 1.0.30: the mobile iFormer models.
+        found.append(Finding('timm', 'error', f'timm {timm_v} is older than {_TIMM_FLOOR_STR}',
+                             f'pip install "timm>={_TIMM_FLOOR_STR}" torch=={_plain(torch_v)}', tasks=('timm',)))
     else:
         found.append(Finding('timm', 'ok', f'timm {timm_v}', tasks=('timm',)))
 

@@ -16,7 +16,7 @@ import os
 import pickle
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from timm.layers import resample_abs_pos_embed_nhwc
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
+    'load_timm_weights', 'mobile_iformer_safe_globals', 'load_mobile_iformer',
 ]
 
 logger = logging.getLogger('iformer_mm')
@@ -169,12 +170,25 @@ def _strip(sd: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def extract_state_dict(obj: Any, use_ema: bool = True) -> Tuple[StateDict, List[str]]:
-    """Find the iFormer weights inside any supported checkpoint layout.
+def _is_iformer_key(key: str) -> bool:
+    return key.startswith('blocks1.')
+
+
+def extract_state_dict(obj: Any, use_ema: bool = True,
+                       is_model_key: Callable[[str], bool] = _is_iformer_key,
+                       take_backbone: bool = False) -> Tuple[StateDict, List[str]]:
+    """Find the model weights inside any supported checkpoint layout.
+
+    Args:
+        obj: a loaded checkpoint.
+        use_ema: prefer EMA weights when there are some.
+        is_model_key: says whether a key belongs to the model (default: an iFormer key); a
+            ``backbone.``/``model.``/``encoder.`` sub-dict is taken when its keys are.
+        take_backbone: also take a ``backbone.`` sub-dict whose keys are in another layout
+            (an mmdet/mmseg checkpoint of a model whose weights need renaming).
 
     Returns:
-        ``(state_dict, notes)``: tensors keyed like :class:`InceptionTransformer`, and what
-        was unwrapped (for the load report).
+        ``(state_dict, notes)``: the model's tensors and what was unwrapped (for the report).
     """
     notes: List[str] = []
     if not isinstance(obj, Mapping):
@@ -195,9 +209,9 @@ def extract_state_dict(obj: Any, use_ema: bool = True) -> Tuple[StateDict, List[
             sd = _strip(sd, prefix)
             notes.append(f"stripped '{prefix}'")
     for prefix in ('backbone.', 'model.', 'encoder.'):
-        if any(k.startswith(prefix) for k in sd) and not any(k.startswith('blocks1.') for k in sd):
+        if any(k.startswith(prefix) for k in sd) and not any(is_model_key(k) for k in sd):
             sub = _strip(sd, prefix)
-            if any(k.startswith('blocks1.') for k in sub):
+            if any(is_model_key(k) for k in sub) or (take_backbone and prefix == 'backbone.'):
                 notes.append(f"took the '{prefix}' sub-dict ({len(sub)} of {len(sd)} tensors)")
                 sd = sub
                 break
@@ -331,3 +345,165 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
                                   allowed_missing=allowed_missing, reinit_head=reinit_head)
     (log or logger).info(report.summary())
     return report
+
+
+# --------------------------------------------------------------------------- any timm model
+class _AnyKey(dict):
+    """Model tensors for a timm ``checkpoint_filter_fn``: a key the model lacks (a foreign tensor,
+    e.g. a detector's output norm) gets an empty placeholder instead of the filter's KeyError, so
+    the filter renames everything and the loader reports what does not fit."""
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        return torch.empty(0, device='meta')
+
+
+class _FilterTarget:
+    """What a timm ``checkpoint_filter_fn`` reads from its model: ``state_dict()`` (the complete
+    classifier's keys and shapes, as meta tensors) and attributes (from the real model)."""
+
+    def __init__(self, model: nn.Module, shapes: Mapping[str, Tuple[int, ...]]) -> None:
+        self._model, self._shapes = model, shapes
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return _AnyKey({k: torch.empty(s, device='meta') for k, s in self._shapes.items()})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def load_timm_weights(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]], *,
+                      full_shapes: Mapping[str, Tuple[int, ...]],
+                      filter_fn: Optional[Callable[[Dict[str, torch.Tensor], Any], Dict[str, torch.Tensor]]] = None,
+                      filter_model: Optional[nn.Module] = None, strict: bool = True, use_ema: bool = True,
+                      allowed_missing: Iterable[str] = (), log: Optional[logging.Logger] = None) -> LoadReport:
+    """Load a checkpoint into a model that keeps timm's parameter names (e.g. ``TimmBackbone``).
+
+    Accepted: a timm-hub / timm training file (or one of ours), the authors' original layout
+    (renamed by the family's own timm ``checkpoint_filter_fn``, after unwrapping
+    ``model``/``state_dict`` containers; tensors the filter cannot place are reported), and an
+    mmdet/mmseg checkpoint (its ``backbone.`` sub-dict).
+
+    Args:
+        model: the target; its ``state_dict()`` keys are timm's canonical names.
+        checkpoint: a file path (read with ``weights_only=True``) or a loaded checkpoint.
+        full_shapes: key -> shape of the complete timm model (classifier, every stage), so keys
+            the backbone leaves out on purpose are reported as dropped, not unexpected.
+        filter_fn: timm's ``checkpoint_filter_fn`` of the model's family, for other layouts.
+        filter_model: what ``filter_fn`` reads attributes from (default ``model``).
+        strict: raise when a model key stays missing (``allowed_missing`` regexes excepted) or a
+            checkpoint key fits nowhere.
+        use_ema: prefer EMA weights when the checkpoint has them.
+        allowed_missing: regexes of model keys that may stay at init (e.g. new output norms).
+        log: where the report goes (default the package logger).
+
+    Raises:
+        CheckpointError: unreadable file, nothing matches, another variant (shape mismatch), or
+            a strict mismatch; the message lists the keys.
+    """
+    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else '<state_dict>'
+    obj = load_checkpoint_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    report = LoadReport(source=source)
+    target = model.state_dict()
+    known = set(full_shapes) | set(target)
+    sd, report.notes = extract_state_dict(obj, use_ema=use_ema, is_model_key=known.__contains__,
+                                          take_backbone=True)
+    if filter_fn is not None and 2 * sum(k in known for k in sd) < len(sd):
+        own = {k: v for k, v in sd.items() if k in target}  # e.g. our output norms in an mm checkpoint
+        rest = {k: v for k, v in sd.items() if k not in target}
+        try:
+            converted = filter_fn(rest, _FilterTarget(filter_model or model, full_shapes))
+        except Exception as e:  # noqa: BLE001 - any failure of a foreign filter means "not this layout"
+            raise CheckpointError(
+                f'{source}: the keys are not in timm\'s layout and {filter_fn.__module__}.'
+                f'{filter_fn.__name__} could not convert them ({type(e).__name__}: {e}); first keys: '
+                f'{_short(sorted(rest), 5)}. Is it a checkpoint of this model family?') from e
+        report.notes.append(f'renamed {len(rest)} tensors from another layout with '
+                            f'{filter_fn.__module__}.{filter_fn.__name__}')
+        sd = {**converted, **own}
+    if not set(sd) & set(target):
+        raise CheckpointError(
+            f'{source}: no key matches the model (first checkpoint keys: {_short(sorted(sd), 5)}; '
+            f'model keys: {_short(sorted(target), 5)}). Use a checkpoint of this model: timm-hub, '
+            "the authors' release or an mmdet/mmseg checkpoint with this backbone.")
+    out: StateDict = {}
+    for k, v in sd.items():
+        if k not in target:
+            (report.dropped if k in full_shapes else report.unexpected).append(k)
+            continue
+        if tuple(v.shape) != tuple(target[k].shape):
+            raise CheckpointError(
+                f'{source}: {k} has shape {list(v.shape)} in the checkpoint but '
+                f'{list(target[k].shape)} in the model: the checkpoint is of another variant (or '
+                'in_chans differs). Build the model that matches the checkpoint.')
+        out[k] = v
+    report.loaded = sorted(out)
+    report.missing = sorted(set(target) - set(out))
+    allowed = [re.compile(p) for p in allowed_missing]
+    bad_missing = [k for k in report.missing if not any(p.search(k) for p in allowed)]
+    if strict and (bad_missing or report.unexpected):
+        raise CheckpointError(
+            f'{source} does not match the model strictly.\n  missing: {_short(bad_missing) or "none"}\n'
+            f'  unexpected: {_short(report.unexpected) or "none"}\nPass strict=False in init_cfg to '
+            'load what matches anyway (the report lists the rest).')
+    model.load_state_dict(out, strict=False)
+    (log or logger).info(report.summary())
+    return report
+
+
+# --------------------------------------------------------------------------- Mobile iFormer files
+def mobile_iformer_safe_globals() -> List[Any]:
+    """The Python objects the authors' Mobile iFormer (ICLR 2025) files hold besides tensors.
+
+    Their training script saves ``args`` (an ``argparse.Namespace`` of strings and numbers) and
+    NumPy scalars (e.g. the best accuracy). Rebuilding these runs no code, so they are allowed
+    by name under ``weights_only=True``, as timm does for the same files (timm allows float64
+    scalars under the NumPy 1.x name only; this list also covers files re-saved under NumPy 2
+    and the other usual scalar types); anything else a file references is still refused.
+    Files written with NumPy 1.x name the scalar constructor ``numpy.core.multiarray.scalar``;
+    NumPy 2 moved it to ``numpy._core``.
+    """
+    import argparse
+
+    import numpy as np
+    core = np._core if hasattr(np, '_core') else np.core
+    scalar = core.multiarray.scalar
+    # dtype classes (NumPy >= 1.25 gives each dtype its own class) of the scalars such files hold
+    dtypes = {type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')}
+    allowed: List[Any] = [argparse.Namespace, np.dtype, scalar, *sorted(dtypes, key=str)]
+    if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
+        allowed.append((scalar, 'numpy.core.multiarray.scalar'))
+    return allowed
+
+
+def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
+                        strict: bool = True, use_ema: bool = True, allowed_missing: Iterable[str] = (),
+                        log: Optional[logging.Logger] = None) -> LoadReport:
+    """Load any Mobile iFormer checkpoint into timm's ``iformer_*`` model or ``MobileIFormer``.
+
+    Accepted: the authors' classification files (``model`` / ``model_ema``, plain or distilled,
+    with ``Namespace`` and NumPy scalars inside), their MMDet/MMSeg checkpoints (``backbone.``
+    keys in their layout), timm files and this package's runs. The authors' layout is renamed
+    by timm's own ``checkpoint_filter_fn``; everything else is :func:`load_timm_weights`.
+
+    Args:
+        model: timm's ``iformer_*`` or :class:`~iformer_mm.models.mobile_iformer.MobileIFormer`.
+        checkpoint: a file (``weights_only=True`` with :func:`mobile_iformer_safe_globals`) or a
+            loaded checkpoint.
+        strict, use_ema, allowed_missing, log: as :func:`load_timm_weights` (EMA weights are
+            taken when present, as timm does).
+    """
+    from timm.models.iformer import checkpoint_filter_fn
+
+    full_shapes = getattr(model, 'full_shapes', None) or {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with torch.serialization.safe_globals(mobile_iformer_safe_globals()):
+            return load_timm_weights(model, checkpoint, full_shapes=full_shapes, filter_fn=checkpoint_filter_fn,
+                                     filter_model=getattr(model, '_timm_model', model), strict=strict,
+                                     use_ema=use_ema, allowed_missing=allowed_missing, log=log)
+    except CheckpointError as e:
+        if 'first checkpoint keys: blocks1.' in str(e):  # the two iFormers are easily confused
+            raise CheckpointError(
+                f'{e}\nThe file holds an Inception Transformer (NeurIPS 2022: iformer_small/base/'
+                'large) checkpoint, not a Mobile iFormer (ICLR 2025) one: use the backbone '
+                "type='iformer_mm.IFormer' for it (see docs/mobile_iformer.md).") from None
+        raise

@@ -241,7 +241,8 @@ def test_missing_mmcv_ops_says_what_to_install():
     ({'mmsegmentation': '0.30.0'}, 'mmsegmentation', 'pip install mmsegmentation==1.2.2'),
     ({'mmengine': '1.0.0'}, 'mmengine', 'pip install mmengine==0.10.7'),
     ({'torchvision': '0.27.0'}, 'torchvision', 'pip install torchvision==0.28.0 torch==2.13.0'),
-    ({'timm': '0.9.16'}, 'timm', 'timm>=1.0.9'),
+    ({'timm': '0.9.16'}, 'timm', 'timm>=1.0.30'),
+    ({'timm': '1.0.16'}, 'timm', 'timm>=1.0.30'),
     ({'ftfy': None}, 'ftfy', 'pip install ftfy'),
 ])
 def test_wrong_versions_name_the_fix(changes, component, fix):

@@ -45,7 +45,7 @@ if [ "${IFORMER_SKIP_STACK:-0}" != 1 ]; then
   fi
   echo "[install] mmdet, mmsegmentation, timm, test tools"
   pip_ mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools \
-       "timm>=1.0.9,<1.1" torchvision==0.28.0 "$TORCH_PIN" \
+       "timm>=1.0.30,<1.1" torchvision==0.28.0 "$TORCH_PIN" \
        pytest pytest-timeout onnx onnxruntime onnxscript
 fi
 echo "[install] iformer_mm (editable)"

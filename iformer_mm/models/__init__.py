@@ -1,12 +1,15 @@
-"""Models: the reference iFormer (pure PyTorch + timm layers), its timm registrations and the
-OpenMMLab backbone (registered in ``iformer_mm.registry.MODELS`` when mmengine is installed)."""
+"""Models: the reference iFormer (PyTorch + timm layers) and its timm registrations, the
+IdentityFormer timm registrations, and the OpenMMLab backbones (registered in
+``iformer_mm.registry.MODELS`` when mmengine is installed)."""
 import importlib.util as _util
 
+from . import metaformer, timm_models  # noqa: F401  (register the timm model names)
 from .iformer import ARCH_SETTINGS, InceptionTransformer, resize_pos_embed, resolve_arch
-from . import timm_models  # noqa: F401  (registers the timm model names)
 
 __all__ = ['ARCH_SETTINGS', 'InceptionTransformer', 'resize_pos_embed', 'resolve_arch']
 
 if _util.find_spec('mmengine') is not None:
-    from .backbone import IFormer  # noqa: F401  (registers iformer_mm.IFormer)
-    __all__.append('IFormer')
+    from .backbone import IFormer  # noqa: F401
+    from .mobile_iformer import MobileIFormer  # noqa: F401
+    from .timm_backbone import TimmBackbone  # noqa: F401
+    __all__ += ['IFormer', 'MobileIFormer', 'TimmBackbone']
