@@ -108,6 +108,26 @@ def test_pretrained_kwarg_tolerance(tmp_path):
     assert torch.equal(bb.stem.conv.weight, ref.stem.conv.weight)
 
 
+def test_copies_and_module_swaps_run_their_own_weights():
+    """EMA hooks deep-copy the model and SyncBN/BN conversions swap modules: the forward must
+    use the copy's / the new modules, not the originals."""
+    import copy
+    bb = TimmBackbone('poolformer_s12', out_indices=(0,)).eval()
+    twin = copy.deepcopy(bb)
+    with torch.no_grad():
+        twin.stem.conv.weight.mul_(2)
+    x = torch.randn(1, 3, 32, 32)
+    assert not torch.allclose(bb(x)[0], twin(x)[0])
+    rn = TimmBackbone('resnet18', out_indices=(0,)).eval()
+    from mmengine.model import revert_sync_batchnorm
+    rn = revert_sync_batchnorm(torch.nn.SyncBatchNorm.convert_sync_batchnorm(rn)).eval()
+    before = rn(x)[0]
+    rn.bn1 = torch.nn.BatchNorm2d(64).eval()  # a top-level swap: made on the adapter only
+    with torch.no_grad():
+        rn.bn1.weight.fill_(3.0)
+    assert not torch.allclose(rn(x)[0], before)  # the new bn1 runs
+
+
 # ----------------------------------------------------------------------------- training modes
 @pytest.mark.parametrize('name', ['caformer_s18', 'poolformer_s12'])
 def test_frozen_stages_really_freeze(name):

@@ -204,6 +204,19 @@ class TimmBackbone(BaseModule):
             self.register_buffer(name, b)
         self.__dict__['_timm_model'] = model
 
+    def _sync_timm_model(self) -> None:
+        """Point the timm model at our current top-level modules and tensors.
+
+        Tools that swap modules (SyncBN conversion, ``revert_sync_batchnorm``, fusing) or
+        tensors (``_apply`` with ``overwrite_module_params_on_conversion``) replace them on us only.
+        """
+        root = self._timm_model
+        for store in ('_modules', '_parameters', '_buffers'):
+            ours, theirs = getattr(self, store), getattr(root, store)
+            for name, value in ours.items():
+                if name in theirs and theirs[name] is not value:
+                    theirs[name] = value
+
     # ------------------------------------------------------------------ init
     def init_weights(self) -> None:
         """Load ``init_cfg=dict(type='Pretrained', ...)`` or, with ``pretrained=True``, timm's hub
@@ -237,6 +250,7 @@ class TimmBackbone(BaseModule):
         """``(B, C, H, W)`` -> one ``(B, C_i, H_i, W_i)`` map per ``out_indices``."""
         if x.ndim != 4:
             raise ValueError(f'{type(self).__name__} expects a (B, C, H, W) batch, got shape {tuple(x.shape)}')
+        self._sync_timm_model()
         feats = self._timm_model.forward_intermediates(
             x, indices=list(self.out_indices), intermediates_only=True)
         if self.out_norm is not None:
