@@ -1,12 +1,13 @@
 """timm's own model tests (``tests/test_models.py`` from the sdist of the installed timm) on the
-iFormer models we register: forward/backward, default configs (meta device, dtype changes,
+models we register (``iformer_*`` and ``identityformer_*``): forward/backward, default configs (meta device, dtype changes,
 classifier resets), features, fx tracing (forward, backward, scripted) and TorchScript scripting.
 
 The sdist is fetched once with pip (cached in ``$IFORMER_TIMM_SDIST_DIR`` or
 ``~/.cache/iformer_mm``); the suite runs in a subprocess with ``-p iformer_mm`` so the names
 are registered before timm lists its models. Left out: the hub tests (``*pretrained*``
-download weights). To keep CI short every test runs on ``iformer_small`` and the config test on
-all six variants; all six passed every non-hub test on 2026-12-02.
+download weights). To keep CI short every test runs on one model of each family and the config
+test on every variant; all of them passed every non-hub test on 2026-12-02 (iFormer: 6 models;
+IdentityFormer: 5 models, 40 tests).
 """
 import os
 import re
@@ -20,8 +21,18 @@ import pytest
 timm = pytest.importorskip('timm')
 pytest.importorskip('pytest_timeout', reason="timm's test_models.py needs pytest-timeout")
 
-SELECT = ('(iformer_small or iformer_base or iformer_large) and not pretrained '
-          'and (iformer_small and not 384 or default_cfgs)')
+# Test kinds timm runs on every model (its forward_intermediates tests select timm's own
+# modules only; ours are in test_model_contract.py and test_timm_backbone.py).
+KINDS = ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_forward_features',
+         'test_model_forward_torchscript', 'test_model_forward_fx', 'test_model_backward_fx',
+         'test_model_forward_fx_torchscript')
+# family: (-k expression, the model every kind runs on, number of registered variants)
+FAMILIES = {
+    'iformer': ('(iformer_small or iformer_base or iformer_large) and not pretrained '
+                'and (iformer_small and not 384 or default_cfgs)', 'iformer_small', 6),
+    'identityformer': ('identityformer and not pretrained and (identityformer_s12 or default_cfgs)',
+                       'identityformer_s12', 5),
+}
 
 
 def timm_test_dir() -> Path:
@@ -55,13 +66,13 @@ def run_timm_suite(select: str) -> str:
 
 
 @pytest.mark.slow
-def test_timm_test_models_pass_for_iformer():
-    out = run_timm_suite(SELECT)
-    passed = set(re.findall(r'::(test_\w+)\[[^\]]*iformer_small[^\]]*\] PASSED', out))
-    for kind in ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs',
-                 'test_model_forward_features', 'test_model_forward_torchscript',
-                 'test_model_forward_fx', 'test_model_backward_fx', 'test_model_forward_fx_torchscript'):
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_timm_test_models_pass(family):
+    select, model, variants = FAMILIES[family]
+    out = run_timm_suite(select)
+    passed = set(re.findall(rf'::(test_\w+)\[[^\]]*{model}[^\]]*\] PASSED', out))
+    for kind in KINDS:
         assert kind in passed, (kind, sorted(passed))
-    cfgs = re.findall(r'test_model_default_cfgs\[[^\]]*(iformer_\w+)\.sail_in1k\] PASSED', out)
-    assert len(set(cfgs)) == 6, cfgs
+    cfgs = re.findall(r'test_model_default_cfgs\[[^\]]*-(\w+)\.\w+\] PASSED', out)
+    assert len(set(cfgs)) == variants, cfgs
     assert ' FAILED' not in out and ' ERROR' not in out, out[-2000:]

@@ -19,15 +19,12 @@ import argparse
 import datetime
 import os
 import statistics
-import sys
 import time
 from typing import Dict, List
 
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 DET = os.path.join(REPO, 'configs', 'detection')
 DEFAULT_CONFIGS = [

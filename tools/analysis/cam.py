@@ -19,11 +19,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from iformer_mm.analysis import cli  # noqa: E402
+from iformer_mm.analysis import cli
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

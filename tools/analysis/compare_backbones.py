@@ -32,8 +32,6 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
 
 def _mmdet_config(rel: str) -> str:
