@@ -418,22 +418,27 @@ class InceptionTransformer(nn.Module):
     def _cpu_layout(self, x: torch.Tensor) -> bool:
         return kernel_allowed(self.impl, x, ())
 
-    def _tokens(self, x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
-        """Embed output (NCHW) -> channels-last tokens plus the (resized) position table.
+    def _embed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Where the CPU kernels run, patch embeddings take channels-last input.
 
-        Where the CPU kernels run, the stream is made contiguous once per stage: a permuted
-        NCHW stream (the authors' layout) makes every LayerNorm copy its input and every
-        residual add transpose, forward and backward.
+        Their outputs are then channels-last too, so each stage's token stream is a contiguous
+        ``(B, H, W, C)`` tensor for free: the permuted NCHW stream of the authors' layout makes
+        every LayerNorm copy its input and every residual add transpose, forward and backward.
         """
-        x = x.permute(0, 2, 3, 1)
         if not torch.jit.is_scripting() and self._cpu_layout(x):
-            x = x.contiguous()
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @staticmethod
+    def _tokens(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+        """Embed output (NCHW) -> channels-last tokens plus the (resized) position table."""
+        x = x.permute(0, 2, 3, 1)
         return x + resize_pos_embed(pos_embed, [x.shape[1], x.shape[2]])
 
     def forward_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Stage ``i`` (0-based): NCHW input of its embed -> channels-last ``(B, H, W, C)``."""
         embed, pos_embed, blocks = self.stage_modules(i)
-        return blocks(self._tokens(embed(x), pos_embed))
+        return blocks(self._tokens(embed(self._embed_input(x)), pos_embed))
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
@@ -508,7 +513,7 @@ class InceptionTransformer(nn.Module):
         if not torch.jit.is_scripting():
             self._check_input(x)
         # Unrolled (not a loop over getattr) so that TorchScript can compile it.
-        x = self.blocks1(self._tokens(self.patch_embed(x), self.pos_embed1))
+        x = self.blocks1(self._tokens(self.patch_embed(self._embed_input(x)), self.pos_embed1))
         x = self.blocks2(self._tokens(self.patch_embed2(x.permute(0, 3, 1, 2)), self.pos_embed2))
         x = self.blocks3(self._tokens(self.patch_embed3(x.permute(0, 3, 1, 2)), self.pos_embed3))
         x = self.blocks4(self._tokens(self.patch_embed4(x.permute(0, 3, 1, 2)), self.pos_embed4))
