@@ -4,10 +4,13 @@ Backgrounds are crops of a real photograph that ships with matplotlib (a depende
 mmengine, so always installed): ``grace_hopper.jpg``, the US Navy portrait of Rear Admiral
 Grace Hopper (public domain). Objects are filled shapes of three classes — ``disc``,
 ``square``, ``triangle`` — in random colours, sizes and positions, with exact polygon masks.
-The output is a standard COCO layout that mmdet's ``CocoDataset`` reads unchanged::
+The output is COCO's own layout and split names, so mmdet's ``CocoDataset`` and every tool
+of this repository that takes a COCO folder read it unchanged (``tools/dataset_converters/
+ade_from_coco.py``, :mod:`iformer_mm.datagen.imagefolder_from_coco`, the detection configs with
+``data_root`` pointed at it)::
 
-    ROOT/annotations/instances_{train,val}.json
-    ROOT/images/{train,val}/000000.jpg ...
+    ROOT/annotations/instances_{train,val}2017.json
+    ROOT/images/{train,val}2017/000000.jpg ...
 
 Train and val images come from disjoint random streams (different seeds), so the val score is
 measured on images the model never saw. Generation is deterministic for a given seed.
@@ -112,8 +115,8 @@ def make_demo_dataset(root: os.PathLike, num_train: int = 96, num_val: int = 24,
     """
     root = Path(root)
     photo = sample_photo()
-    train = _write_split(root, 'train', num_train, size, seed, photo)
-    val = _write_split(root, 'val', num_val, size, seed + 10_000, photo)
+    train = _write_split(root, 'train2017', num_train, size, seed, photo)
+    val = _write_split(root, 'val2017', num_val, size, seed + 10_000, photo)
     return dict(root=str(root), train_ann=train, val_ann=val)
 
 
