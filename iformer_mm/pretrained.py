@@ -15,8 +15,9 @@ import logging
 import os
 import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from timm.layers import resample_abs_pos_embed_nhwc
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
+    'explain_download_failure',
 ]
 
 logger = logging.getLogger('iformer_mm')
@@ -136,7 +138,8 @@ def _refused(path: str, e: Exception) -> CheckpointError:
         hint = ('it looks like an mmengine training checkpoint (optimizer/logger state). To resume '
                 'or test it use tools/train.py --resume / tools/test.py, which trust only the '
                 'checkpoint classes in docs/reliability.md; to use its weights as pretrained weights '
-                'convert it once to a plain state_dict with tools/model_converters/.')
+                'convert it once to a plain state_dict: python tools/model_converters/mm_to_iformer.py '
+                'CKPT OUT.pth --trust-pickle (for a checkpoint you produced).')
     else:
         hint = ('nothing in a weights file needs it, so it was not unpickled: the file may be '
                 'malicious. Use the official weights, or re-save a model you trust as a plain '
@@ -331,3 +334,35 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
                                   allowed_missing=allowed_missing, reinit_head=reinit_head)
     (log or logger).info(report.summary())
     return report
+
+
+@contextmanager
+def explain_download_failure(model_name: str, url: str) -> Iterator[None]:
+    """Turn a failed download of pretrained weights into one :class:`CheckpointError` line.
+
+    Offline (or behind a proxy), ``timm.create_model(name, pretrained=True)`` ends in a bare
+    ``URLError`` deep inside ``torch.hub``. This says which file could not be fetched and how to
+    pass a local copy instead::
+
+        with explain_download_failure('iformer_small', url):
+            model = build_model_with_cfg(...)
+
+    A missing local file (``pretrained_cfg_overlay=dict(file=...)``) gets its own message.
+
+    Raises:
+        CheckpointError: the download failed (``OSError``: ``URLError``, timeouts, connection
+            errors of ``requests``/``huggingface_hub``) or the local file does not exist.
+    """
+    try:
+        yield
+    except OSError as e:
+        file = url.rsplit('/', 1)[-1]
+        if isinstance(e, FileNotFoundError) and e.filename and '://' not in str(e.filename):
+            raise CheckpointError(
+                f'pretrained weights file not found: {e.filename!r}. Download {file} (docs/model_zoo.md) '
+                'and give its path.') from None
+        raise CheckpointError(
+            f'could not download the pretrained weights of {model_name} from {url} '
+            f'({type(e).__name__}: {_first_sentence(e)}). Without network, download {file} on another '
+            f'machine (docs/model_zoo.md) and pass the file: timm.create_model({model_name!r}, '
+            f"pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{file}'))") from None

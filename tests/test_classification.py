@@ -5,7 +5,6 @@ test_classification_e2e.py.
 """
 import argparse
 import os
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -24,32 +23,28 @@ from _golden import make_state_dict
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_tool(rel: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope='module')
 def train_mod():
-    return _load_tool('tools/classification/train.py', 'cls_train')
+    import tools.classification.train as train
+    return train
 
 
 @pytest.fixture(scope='module')
-def common_mod(train_mod):
-    import _common  # put on sys.path by train.py
-    return _common
+def common_mod():
+    from iformer_mm import classification
+    return classification
 
 
 @pytest.fixture(scope='module')
 def to_mm():
-    return _load_tool('tools/model_converters/iformer_to_mm.py', 'iformer_to_mm')
+    import tools.model_converters.iformer_to_mm as to_mm
+    return to_mm
 
 
 @pytest.fixture(scope='module')
-def to_cls(to_mm):
-    return _load_tool('tools/model_converters/mm_to_iformer.py', 'mm_to_iformer')
+def to_cls():
+    import tools.model_converters.mm_to_iformer as to_cls
+    return to_cls
 
 
 @pytest.fixture(scope='module')
@@ -163,7 +158,7 @@ def tiny_folder(tiny_coco_dir, tmp_path_factory):
 def test_validate_authors_checkpoint_with_model_crop(tiny_folder, small_sd, tmp_path, capsys):
     """The authors' plain 1000-class state_dict, strictly loaded, evaluated at 224 with crop_pct 0.9."""
     torch.save(small_sd, tmp_path / 'iformer_small.pth')
-    validate = _load_tool('tools/classification/validate.py', 'cls_validate')
+    import tools.classification.validate as validate
     res = validate.main([str(tiny_folder), '--model', 'iformer_small', '--checkpoint',
                          str(tmp_path / 'iformer_small.pth'), '-j', '0', '-b', '6'])
     assert (res['num_classes'], res['img_size'], res['crop_pct'], res['images']) == (1000, 224, 0.9, 12)
@@ -187,7 +182,7 @@ def test_validate_labels_a_partial_val_split_by_the_checkpoint_classes(tiny_fold
     torch.save(dict(state_dict=model.state_dict(), model='iformer_small', img_size=64,
                     class_to_idx=class_to_idx, epoch=0), tmp_path / 'last.pth')
     shutil.copytree(tiny_folder / 'val' / 'toilet', tmp_path / 'partial' / 'val' / 'toilet')
-    validate = _load_tool('tools/classification/validate.py', 'cls_validate')
+    import tools.classification.validate as validate
     res = validate.main([str(tmp_path / 'partial'), '--checkpoint', str(tmp_path / 'last.pth'), '-j', '0'])
     assert res['images'] == 2 and res['top1'] == 100.0
 
@@ -207,7 +202,7 @@ def test_crop_pct_follows_the_authors_rule(common_mod):
 
 def test_validate_refuses_another_variant(tiny_folder, golden_dir, tmp_path):
     torch.save(make_state_dict(golden_dir, 'iformer_base'), tmp_path / 'iformer_base.pth')
-    validate = _load_tool('tools/classification/validate.py', 'cls_validate')
+    import tools.classification.validate as validate
     with pytest.raises(CheckpointError, match='iFormer-base'):
         validate.main([str(tiny_folder), '--model', 'iformer_small',
                        '--checkpoint', str(tmp_path / 'iformer_base.pth')])
