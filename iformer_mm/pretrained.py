@@ -337,32 +337,38 @@ def load_pretrained(model: nn.Module, checkpoint: Union[str, os.PathLike, Mappin
 
 
 @contextmanager
-def explain_download_failure(model_name: str, url: str) -> Iterator[None]:
-    """Turn a failed download of pretrained weights into one :class:`CheckpointError` line.
+def explain_download_failure(model_name: str, url: str, local_file: Optional[str] = None) -> Iterator[None]:
+    """Turn a failed fetch of pretrained weights into one :class:`CheckpointError` line.
 
     Offline (or behind a proxy), ``timm.create_model(name, pretrained=True)`` ends in a bare
-    ``URLError`` deep inside ``torch.hub``. This says which file could not be fetched and how to
-    pass a local copy instead::
+    ``URLError`` deep inside ``torch.hub``; a missing local file in a bare ``FileNotFoundError()``.
+    This says which file could not be fetched and how to pass a local copy instead::
 
-        with explain_download_failure('iformer_small', url):
+        with explain_download_failure('iformer_small', url, local_file=overlay.get('file')):
             model = build_model_with_cfg(...)
 
-    A missing local file (``pretrained_cfg_overlay=dict(file=...)``) gets its own message.
+    Args:
+        model_name: the timm model name (used in the suggested command).
+        url: where the weights are downloaded from.
+        local_file: the file the caller passed instead of downloading (timm's
+            ``pretrained_cfg_overlay=dict(file=...)``), if any.
 
     Raises:
         CheckpointError: the download failed (``OSError``: ``URLError``, timeouts, connection
-            errors of ``requests``/``huggingface_hub``) or the local file does not exist.
+            errors of ``requests``/``huggingface_hub``), or ``local_file`` could not be read.
     """
     try:
         yield
     except OSError as e:
         file = url.rsplit('/', 1)[-1]
-        if isinstance(e, FileNotFoundError) and e.filename and '://' not in str(e.filename):
+        detail = f'{type(e).__name__}: {_first_sentence(e) or "no detail"}'
+        if local_file is not None:
+            what = 'not found' if isinstance(e, FileNotFoundError) else f'unreadable ({detail})'
             raise CheckpointError(
-                f'pretrained weights file not found: {e.filename!r}. Download {file} (docs/model_zoo.md) '
-                'and give its path.') from None
+                f'pretrained weights file {what}: {os.fspath(local_file)!r}. Download {file} '
+                '(docs/model_zoo.md) and give its path.') from None
         raise CheckpointError(
-            f'could not download the pretrained weights of {model_name} from {url} '
-            f'({type(e).__name__}: {_first_sentence(e)}). Without network, download {file} on another '
-            f'machine (docs/model_zoo.md) and pass the file: timm.create_model({model_name!r}, '
-            f"pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/{file}'))") from None
+            f'could not download the pretrained weights of {model_name} from {url} ({detail}). '
+            f'Without network, download {file} on another machine (docs/model_zoo.md) and pass the '
+            f"file: timm.create_model({model_name!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='/path/to/{file}'))") from None
