@@ -64,14 +64,15 @@ def tiny_coco_dir(tmp_path_factory) -> Path:
     """A small COCO-layout folder (``annotations/instances_{train,val}2017.json``, ``images/``).
 
     The 32 + 6 real COCO images of ``$IFORMER_SHARED/data/tiny_coco`` when present; otherwise
-    the demo's generated set (shapes on a real photo, 3 classes) at the same size.
+    the demo's generated set (shapes on a real photo, 3 classes) at the same size, with
+    landscape, portrait and square images as COCO has.
     """
     shared = SHARED / 'data' / 'tiny_coco'
     if shared.is_dir():
         return shared
     from iformer_mm.datagen.demo_data import make_demo_dataset
     root = tmp_path_factory.mktemp('tiny_coco_generated')
-    make_demo_dataset(root, num_train=32, num_val=6, size=160, seed=0)
+    make_demo_dataset(root, num_train=32, num_val=6, size=192, seed=0, aspect_ratios=(4 / 3, 3 / 4, 1.0))
     return root
 
 
