@@ -235,6 +235,8 @@ def paint_predictions(runner, cfg, val_ann: str, out_file: str, num: int = 6, sc
     coco = json.loads(open(val_ann).read())
     img_dir = osp.join(osp.dirname(osp.dirname(val_ann)), 'images', 'val2017')
     panels = []
+    # mmengine warns for every box or polygon touching the image border: harmless when drawing
+    warnings.filterwarnings('ignore', message='Warning: The (bbox|polygon) is out of bounds')
     for im in coco['images'][:num]:
         rgb = mmcv.imread(osp.join(img_dir, im['file_name']), channel_order='rgb')
         h, w = rgb.shape[:2]
