@@ -16,13 +16,16 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['iformer_mm', 'iformer_mm.*']),
     py_modules=['iformer_mm_tvfix'],
-    python_requires='>=3.8',
+    python_requires='>=3.10',  # torch 2.13
     # torch, torchvision, mmcv and timm are deliberately not declared: on CPU machines any
     # requirement that admits a newer torch makes pip pull a multi-GB CUDA build, and mmcv must be
     # built against the installed torch. tools/install.sh installs the tested stack in order
     # (timm >= 1.0.30, checked at run time by iformer_mm.env).
     install_requires=['numpy', 'packaging'],
-    extras_require={'tests': ['pytest', 'pytest-timeout']},
+    # `pip install -e .[tests]` (or `bash tools/install.sh --tests`): what the test suite needs
+    # beyond the stack; onnx* for the ONNX export tests.
+    extras_require={'tests': ['pytest', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript']},
     license='Apache-2.0',
-    classifiers=['License :: OSI Approved :: Apache Software License', 'Programming Language :: Python :: 3'],
+    classifiers=['License :: OSI Approved :: Apache Software License', 'Programming Language :: Python :: 3',
+                 'Programming Language :: Python :: 3 :: Only'],
 )

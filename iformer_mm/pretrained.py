@@ -15,8 +15,9 @@ import logging
 import os
 import pickle
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
     'load_timm_weights', 'mobile_iformer_safe_globals', 'load_mobile_iformer',
+    'explain_download_failure',
 ]
 
 logger = logging.getLogger('iformer_mm')
@@ -137,7 +139,8 @@ def _refused(path: str, e: Exception) -> CheckpointError:
         hint = ('it looks like an mmengine training checkpoint (optimizer/logger state). To resume '
                 'or test it use tools/train.py --resume / tools/test.py, which trust only the '
                 'checkpoint classes in docs/reliability.md; to use its weights as pretrained weights '
-                'convert it once to a plain state_dict with tools/model_converters/.')
+                'convert it once to a plain state_dict: python tools/model_converters/mm_to_iformer.py '
+                'CKPT OUT.pth --trust-pickle (for a checkpoint you produced).')
     else:
         hint = ('nothing in a weights file needs it, so it was not unpickled: the file may be '
                 'malicious. Use the official weights, or re-save a model you trust as a plain '
@@ -507,3 +510,40 @@ def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Ma
                 'large) checkpoint, not a Mobile iFormer (ICLR 2025) one: use the backbone '
                 "type='iformer_mm.IFormer' for it (see docs/mobile_iformer.md).") from None
         raise
+
+@contextmanager
+def explain_download_failure(model_name: str, url: str, local_file: Optional[str] = None) -> Iterator[None]:
+    """Turn a failed fetch of pretrained weights into one :class:`CheckpointError` line.
+
+    Offline (or behind a proxy), ``timm.create_model(name, pretrained=True)`` ends in a bare
+    ``URLError`` deep inside ``torch.hub``; a missing local file in a bare ``FileNotFoundError()``.
+    This says which file could not be fetched and how to pass a local copy instead::
+
+        with explain_download_failure('iformer_small', url, local_file=overlay.get('file')):
+            model = build_model_with_cfg(...)
+
+    Args:
+        model_name: the timm model name (used in the suggested command).
+        url: where the weights are downloaded from.
+        local_file: the file the caller passed instead of downloading (timm's
+            ``pretrained_cfg_overlay=dict(file=...)``), if any.
+
+    Raises:
+        CheckpointError: the download failed (``OSError``: ``URLError``, timeouts, connection
+            errors of ``requests``/``huggingface_hub``), or ``local_file`` could not be read.
+    """
+    try:
+        yield
+    except OSError as e:
+        file = url.rsplit('/', 1)[-1]
+        detail = f'{type(e).__name__}: {_first_sentence(e) or "no detail"}'
+        if local_file is not None:
+            what = 'not found' if isinstance(e, FileNotFoundError) else f'unreadable ({detail})'
+            raise CheckpointError(
+                f'pretrained weights file {what}: {os.fspath(local_file)!r}. Download {file} '
+                '(docs/model_zoo.md) and give its path.') from None
+        raise CheckpointError(
+            f'could not download the pretrained weights of {model_name} from {url} ({detail}). '
+            f'Without network, download {file} on another machine (docs/model_zoo.md) and pass the '
+            f"file: timm.create_model({model_name!r}, pretrained=True, "
+            f"pretrained_cfg_overlay=dict(file='/path/to/{file}'))") from None

@@ -1,21 +1,19 @@
 """Helpers to turn the spec's golden cases into checkpoints and inputs."""
-import importlib.util
 import json
 from pathlib import Path
 from typing import Dict, List
 
 import torch
 
+from assets.golden import weights  # the spec's generator, shipped with the tests
+
 TINY_ARCH = dict(depths=[1, 1, 2, 1], embed_dims=[64, 64, 96, 128], attention_heads=[1, 1, 1, 2, 3])
 
 
 def make_state_dict(golden_dir: Path, variant: str) -> Dict[str, torch.Tensor]:
     """Deterministic weights in the authors' key layout for ``variant`` (e.g. 'iformer_small', 'tiny')."""
-    spec = importlib.util.spec_from_file_location('golden_weights', golden_dir / 'weights.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     shapes = json.loads((golden_dir / 'official_state_dict_shapes.json').read_text())[variant]
-    return mod.make_state_dict(shapes)
+    return weights.make_state_dict(shapes)
 
 
 def load_cases(golden_dir: Path) -> List[dict]:

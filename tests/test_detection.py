@@ -1,7 +1,7 @@
 """Detection configs, tools and runtime helpers: fast checks (no training)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import pickle
 import subprocess
 import sys
@@ -29,10 +29,7 @@ def _cfg(name: str):
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}', REPO / 'tools' / f'{name}.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f'tools.{name}')
 
 
 @pytest.mark.parametrize('name,arch,ckpt,dpr', [

@@ -310,7 +310,6 @@ def test_mmengine_checkpoint_objects_load_only_inside_allowlist(tmp_path):
 # --------------------------------------------------------------------------- 3. atomic writes
 _KILL_DURING_SAVE = """
 import os, sys, time, torch
-sys.path.insert(0, {repo!r})
 from mmengine.runner.checkpoint import save_checkpoint
 from iformer_mm.engine import resilience
 def stall(fd):  # the bytes are written, not yet renamed: the worst moment to die
@@ -324,7 +323,7 @@ with resilience.atomic_local_writes():
 def test_kill_during_checkpoint_save_leaves_previous_file_intact(tmp_path, repo_root):
     target = tmp_path / 'iter_4.pth'
     torch.save({'state_dict': {'w': torch.ones(256, 1024)}}, target)  # the previous checkpoint
-    proc = subprocess.Popen([sys.executable, '-c', _KILL_DURING_SAVE.format(repo=str(repo_root), path=str(target))],
+    proc = subprocess.Popen([sys.executable, '-c', _KILL_DURING_SAVE.format(path=str(target))],
                             env=_env(), stdout=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:  # mmengine may log a deprecation warning first

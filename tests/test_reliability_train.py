@@ -5,7 +5,8 @@ checkpoint and resumed with ``--resume``. They prove: resuming restores the iter
 schedule position, the optimizer state and the RNG positions (losses after the resume point
 equal the reference run's), and two runs with the same seed and ``deterministic=True`` log
 identical losses. The model is a one-block-per-stage iFormer in the real Mask R-CNN config
-at 192x128 on real COCO images (``../shared/data/tiny_coco``) so the three runs take ~1.5 min.
+at 192x128 on real COCO images (``../shared/data/tiny_coco``; without it the demo's generated
+set) so the three runs take ~1.5 min.
 """
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ KILL_AFTER = 4  # iteration whose checkpoint exists when the run is killed
 CONFIG = """
 _base_ = {base!r}
 data_root = {data_root!r}
+classes = {classes!r}
 model = dict(
+    roi_head=dict(bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))),
     backbone=dict(arch=dict(_delete_=True, depths=(1, 1, 1, 1), embed_dims=(96, 192, 320, 384),
                             attention_heads=(1, 3, 7, 9)),
                   drop_path_rate=0.1, init_cfg=None),  # drop-path draws from torch's RNG
@@ -45,7 +48,8 @@ train_pipeline = [
 ]
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json',
-                 data_prefix=dict(img='images/train2017/'), pipeline=train_pipeline))
+                 metainfo=dict(classes=classes), data_prefix=dict(img='images/train2017/'),
+                 pipeline=train_pipeline))
 val_dataloader = None
 val_cfg = None
 val_evaluator = None
@@ -96,12 +100,13 @@ def _load(path: Path) -> dict:
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, repo_root, tiny_coco_dir):
+def runs(tmp_path_factory, repo_root, tiny_coco_dir, tiny_coco_classes):
     """Reference run, killed run, resumed run; returns their work dirs and what happened."""
     tmp = tmp_path_factory.mktemp('kill_resume')
     cfg = tmp / 'tiny_mask_rcnn.py'
     cfg.write_text(CONFIG.format(base=str(repo_root / 'configs/detection/mask_rcnn_iformer_s_1x.py'),
-                                 data_root=str(tiny_coco_dir) + '/', max_iters=MAX_ITERS))
+                                 data_root=str(tiny_coco_dir) + '/', classes=tiny_coco_classes,
+                                 max_iters=MAX_ITERS))
     ref, killed = tmp / 'ref', tmp / 'killed'
 
     t0 = time.time()
@@ -194,11 +199,13 @@ def test_checkpoints_written_by_a_run_are_complete_and_resumable(runs):
 TEST_CONFIG = """
 _base_ = {base!r}
 data_root = {data_root!r}
-model = dict(backbone=dict(arch=dict(_delete_=True, depths=(1, 1, 1, 1), embed_dims=(96, 192, 320, 384),
+classes = {classes!r}
+model = dict(roi_head=dict(bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))),
+             backbone=dict(arch=dict(_delete_=True, depths=(1, 1, 1, 1), embed_dims=(96, 192, 320, 384),
                                      attention_heads=(1, 3, 7, 9)), init_cfg=None))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
     dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json',
-                 data_prefix=dict(img='images/train2017/')))
+                 metainfo=dict(classes=classes), data_prefix=dict(img='images/train2017/')))
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(192, 128), keep_ratio=True),
@@ -206,7 +213,7 @@ test_pipeline = [
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
 test_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json',
+    dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json', metainfo=dict(classes=classes),
                  data_prefix=dict(img='images/val2017/'), test_mode=True, pipeline=test_pipeline))
 test_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instances_val2017.json',
                       metric=['bbox', 'segm'])
@@ -224,7 +231,7 @@ class _CreatesFile:
 
 
 @pytest.mark.parametrize('tool', ['test', 'train_resume'])
-def test_tools_refuse_crafted_checkpoint(tool, tmp_path, repo_root, tiny_coco_dir):
+def test_tools_refuse_crafted_checkpoint(tool, tmp_path, repo_root, tiny_coco_dir, tiny_coco_classes):
     """tools/test.py CKPT and tools/train.py --resume CKPT on a pickle that would create a file:
     refused with our message (not torch's 'use weights_only=False'), the file never appears."""
     marker = tmp_path / 'PWNED'
@@ -233,7 +240,7 @@ def test_tools_refuse_crafted_checkpoint(tool, tmp_path, repo_root, tiny_coco_di
                 'state_dict': {'backbone.pos_embed1': torch.zeros(1, 56, 56, 96)}}, evil)
     cfg = tmp_path / 'tiny_mask_rcnn_test.py'
     cfg.write_text(TEST_CONFIG.format(base=str(repo_root / 'configs/detection/mask_rcnn_iformer_s_1x.py'),
-                                      data_root=str(tiny_coco_dir) + '/'))
+                                      data_root=str(tiny_coco_dir) + '/', classes=tiny_coco_classes))
     if tool == 'test':
         cmd = [sys.executable, str(repo_root / 'tools/test.py'), str(cfg), str(evil), '--work-dir', str(tmp_path / 'w')]
     else:
@@ -246,12 +253,13 @@ def test_tools_refuse_crafted_checkpoint(tool, tmp_path, repo_root, tiny_coco_di
     assert not marker.exists()
 
 
-def test_test_tool_preflight_names_missing_test_set_and_checkpoint(tmp_path, repo_root, tiny_coco_dir):
+def test_test_tool_preflight_names_missing_test_set_and_checkpoint(tmp_path, repo_root, tiny_coco_dir,
+                                                                  tiny_coco_classes):
     """tools/test.py runs the same preflight as train.py: a moved test set or a mistyped
     checkpoint path fails before any model is built, naming the setting and the fix."""
     cfg = tmp_path / 'tiny_mask_rcnn_test.py'
     cfg.write_text(TEST_CONFIG.format(base=str(repo_root / 'configs/detection/mask_rcnn_iformer_s_1x.py'),
-                                      data_root=str(tiny_coco_dir) + '/'))
+                                      data_root=str(tiny_coco_dir) + '/', classes=tiny_coco_classes))
     ckpt = tmp_path / 'iter_2.pth'
     torch.save({'state_dict': {}}, ckpt)
     tool = [sys.executable, str(repo_root / 'tools/test.py'), str(cfg)]

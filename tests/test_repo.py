@@ -16,3 +16,32 @@ def test_layout(repo_root):
     for path in ('iformer_mm', 'configs/detection', 'configs/segmentation', 'tools', 'tests', 'setup.py',
                  'README.md', 'tools/train.py', 'tools/test.py', 'tools/dist_train.sh', 'tools/dist_test.sh'):
         assert (repo_root / path).exists(), path
+
+
+def test_test_tools_come_from_the_tests_extra(repo_root):
+    """README's test command installs `.[tests]` (install.sh --tests); the demo's install does not."""
+    readme = (repo_root / 'README.md').read_text()
+    quick = re.findall(r'```(?:bash|sh)\n(.*?)```', readme, flags=re.S)[0].splitlines()
+    assert quick[0].startswith('bash tools/install.sh &&') and '--tests' not in quick[0]
+    assert quick[1].startswith('bash tools/install.sh --tests &&')
+    install = (repo_root / 'tools' / 'install.sh').read_text()
+    assert '-e "$here[tests]"' in install
+    assert 'pytest' not in install and 'onnx' not in install  # test tools only through the extra
+    setup = (repo_root / 'setup.py').read_text()
+    extra = re.search(r"extras_require=\{'tests': \[(.*?)\]\}", setup).group(1)
+    for tool in ('pytest', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript'):
+        assert f"'{tool}'" in extra, tool
+
+
+def test_license_and_python_floor_are_true(repo_root):
+    license_text = (repo_root / 'LICENSE').read_text()
+    assert 'Apache License' in license_text and 'Version 2.0, January 2004' in license_text
+    assert "license='Apache-2.0'" in (repo_root / 'setup.py').read_text()
+    # torch 2.13 needs Python >= 3.10: setup.py, the README and install.sh's check agree
+    assert "python_requires='>=3.10'" in (repo_root / 'setup.py').read_text()
+    readme = (repo_root / 'README.md').read_text()
+    assert 'Python 3.10+' in readme and 'Python 3.8' not in readme
+    assert 'sys.version_info < (3, 10)' in (repo_root / 'tools' / 'install.sh').read_text()
+    # mobile iFormer models need timm >= 1.0.30
+    assert '"timm>=1.0.30,<1.1"' in (repo_root / 'tools' / 'install.sh').read_text()
+    assert 'docs/INSTALL.md' not in (repo_root / 'tools' / 'install.sh').read_text()

@@ -1,30 +1,42 @@
 #!/usr/bin/env python
 """Train and evaluate Mask R-CNN iFormer-S on a generated dataset: no download, a few CPU minutes.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150] [--threads 2]
+    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150] [--threads 2] [--verbose]
 
 What it does, end to end with the real config (configs/detection/mask_rcnn_iformer_s_1x.py)
 and mmengine's Runner:
 
-1. writes a small COCO-format instance-segmentation set (shapes on crops of a real photo,
+1. writes a small COCO-layout instance-segmentation set (shapes on crops of a real photo,
    :mod:`iformer_mm.datagen.demo_data`) into ``WORK_DIR/data``;
 2. evaluates the freshly initialised model on the val split (COCO box and mask AP);
 3. trains from scratch (no pretrained weights exist offline) at 128 px;
 4. evaluates again and prints both results side by side;
-5. paints the predictions on the full photo into ``WORK_DIR/demo_predictions.jpg``.
+5. paints ground truth next to the predictions on validation images
+   (``WORK_DIR/demo_predictions.jpg``).
+
+The console shows progress bars with ETA and a summary; the full config
+(``WORK_DIR/demo_config.py``, reusable with ``tools/train.py``/``tools/test.py``), mmengine's log
+and COCO's evaluation tables (``WORK_DIR/coco_eval.txt``) go to the work dir. Only the trained weights are kept
+(``WORK_DIR/demo_model.pth``, tensors only), not mmengine's optimizer-state checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import os.path as osp
 import sys
 import time
+import warnings
+from typing import Any, Dict, List
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+# setuptools' own notice, raised when mmengine imports pkg_resources: harmless here.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-import iformer_mm  # noqa: E402,F401  (registers iformer_mm.IFormer; torchvision fix)
-from iformer_mm.datagen.demo_data import CLASSES, PALETTE, make_demo_dataset, make_showcase_image  # noqa: E402
+import iformer_mm  # noqa: E402,F401  (registers iformer_mm.IFormer)
+from mmengine.hooks import Hook  # noqa: E402
+from iformer_mm.datagen.demo_data import CLASSES, PALETTE, make_demo_dataset  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG = osp.join(REPO, 'configs', 'detection', 'mask_rcnn_iformer_s_1x.py')
@@ -41,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)),
                    help='torch CPU threads')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--show', type=int, default=6, help='validation images in the picture')
+    p.add_argument('--verbose', action='store_true', help="also print mmengine's log (config, every 10 iterations)")
     return p.parse_args(argv)
 
 
@@ -66,7 +80,8 @@ def build_cfg(args: argparse.Namespace, data: dict):
 
     def loader(split: str, pipeline: list, batch: int, shuffle: bool) -> dict:
         return dict(batch_size=batch, num_workers=0, persistent_workers=False,
-                    sampler=dict(type='DefaultSampler', shuffle=shuffle),
+                    # training draws batches without epoch ends (mmengine warns at each restart otherwise)
+                    sampler=dict(type='InfiniteSampler' if shuffle else 'DefaultSampler', shuffle=shuffle),
                     dataset=dict(data_root=data['root'], ann_file=f'annotations/instances_{split}.json',
                                  data_prefix=dict(img=f'images/{split}/'), metainfo=metainfo,
                                  filter_cfg=dict(filter_empty_gt=True, min_size=4) if shuffle else None,
@@ -85,9 +100,9 @@ def build_cfg(args: argparse.Namespace, data: dict):
             # score_thr 0: the untrained model's (low-score) detections are evaluated too
             test_cfg=dict(rpn=dict(nms_pre=300, max_per_img=100),
                           rcnn=dict(score_thr=0.0, max_per_img=50))),
-        train_dataloader=loader('train', train_pipeline, 4, True),
-        val_dataloader=loader('val', test_pipeline, 4, False),
-        test_dataloader=loader('val', test_pipeline, 4, False),
+        train_dataloader=loader('train2017', train_pipeline, 4, True),
+        val_dataloader=loader('val2017', test_pipeline, 4, False),
+        test_dataloader=loader('val2017', test_pipeline, 4, False),
         val_evaluator=evaluator, test_evaluator=evaluator,
         train_cfg=dict(_delete_=True, type='IterBasedTrainLoop', max_iters=n, val_interval=n),
         optim_wrapper=dict(optimizer=dict(lr=args.lr), clip_grad=dict(max_norm=5.0)),
@@ -96,9 +111,9 @@ def build_cfg(args: argparse.Namespace, data: dict):
             dict(type='CosineAnnealingLR', by_epoch=False, begin=max(n // 10, 1), end=n, T_max=n - max(n // 10, 1),
                  eta_min=args.lr * 0.01),
         ],
-        default_hooks=dict(logger=dict(interval=max(n // 15, 1)),
-                           checkpoint=dict(by_epoch=False, interval=n, max_keep_ckpts=1),
-                           visualization=dict(draw=False)),
+        # No mmengine checkpoint (471 MB with the optimizer state): main() keeps the weights only.
+        default_hooks=dict(logger=dict(interval=10), checkpoint=None, visualization=dict(draw=False)),
+        custom_hooks=[dict(type='iformer_mm.ProgressBarHook')],
         log_processor=dict(by_epoch=False, window_size=10),
         randomness=dict(seed=args.seed),
         work_dir=args.work_dir,
@@ -106,50 +121,78 @@ def build_cfg(args: argparse.Namespace, data: dict):
     return cfg
 
 
-def main(argv=None) -> dict:
+class EvalBeforeAndAfter(Hook):
+    """Evaluate the initialised model before training; record every val result."""
+
+    def __init__(self) -> None:
+        self.results: List[dict] = []
+        self.eval_seconds = 0.0
+
+    def before_train(self, runner) -> None:
+        runner.val_loop.run()
+
+    def before_val_epoch(self, runner) -> None:
+        self._t = time.time()
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.eval_seconds += time.time() - self._t
+        self.results.append(dict(metrics or {}))
+
+
+def _console_warnings_only(logger: logging.Logger, console) -> None:
+    """Keep mmengine's full log in the work-dir file; show only warnings on ``console``."""
+    for h in logger.handlers:
+        if type(h) is logging.StreamHandler:
+            h.setStream(console)
+            h.setLevel(logging.WARNING)
+
+
+def main(argv=None) -> Dict[str, Any]:
     args = parse_args(argv)
     import torch
     torch.set_num_threads(max(args.threads, 1))
-    from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
     from iformer_mm.engine import prepare_runtime_cfg
 
     t0 = time.time()
+    os.makedirs(args.work_dir, exist_ok=True)
+    print(f'[demo] generating {args.num_train} train / {args.num_val} val images '
+          f'({args.size} px, 3 classes) in {args.work_dir}/data ...')
     data = make_demo_dataset(osp.join(args.work_dir, 'data'), args.num_train, args.num_val, args.size, args.seed)
     cfg = build_cfg(args, data)
     prepare_runtime_cfg(cfg)
+    cfg_file = osp.join(args.work_dir, 'demo_config.py')
+    cfg.dump(cfg_file)
+    print(f'[demo] config: {cfg_file}; building Mask R-CNN + iFormer-S ...')
 
-    class EvalBeforeAndAfter(Hook):
-        """Evaluate the initialised model before the first iteration; record every val result."""
-
-        def __init__(self) -> None:
-            self.results: list = []
-            self.eval_seconds = 0.0
-
-        def before_train(self, runner) -> None:
-            runner.logger.info('Evaluating the untrained model (same data, same settings)...')
-            runner.val_loop.run()
-
-        def before_val_epoch(self, runner) -> None:
-            self._t = time.time()
-
-        def after_val_epoch(self, runner, metrics=None) -> None:
-            self.eval_seconds += time.time() - self._t
-            self.results.append(dict(metrics or {}))
-
-    runner = Runner.from_cfg(cfg)
+    if args.verbose:
+        runner = Runner.from_cfg(cfg)
+    else:
+        console = sys.stdout
+        with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null):
+            runner = Runner.from_cfg(cfg)  # logs the environment and the whole config (to its file too)
+            _console_warnings_only(runner.logger, console)
+    print(f'[demo] log: {runner.log_dir}; evaluating the untrained model, then training '
+          f'{args.iters} iterations, then evaluating again ...')
     recorder = EvalBeforeAndAfter()
     runner.register_hook(recorder, priority='LOW')
-    runner.train()
+    if args.verbose:
+        runner.train()
+    else:  # pycocotools prints its loading messages and AP tables: keep them in the work dir
+        with open(osp.join(args.work_dir, 'coco_eval.txt'), 'w') as f, contextlib.redirect_stdout(f):
+            runner.train()
     train_end = time.time()
 
+    weights = osp.join(args.work_dir, 'demo_model.pth')
+    torch.save({'state_dict': runner.model.state_dict()}, weights)
     before, after = recorder.results[0], recorder.results[-1]
-    out = paint_predictions(runner, cfg, osp.join(args.work_dir, 'demo_predictions.jpg'))
+    out = paint_predictions(runner, cfg, data['val_ann'], osp.join(args.work_dir, 'demo_predictions.jpg'),
+                            num=args.show)
     wall = time.time() - t0
     rows = [('box AP', 'coco/bbox_mAP'), ('box AP50', 'coco/bbox_mAP_50'),
             ('mask AP', 'coco/segm_mAP'), ('mask AP50', 'coco/segm_mAP_50')]
-    print('\n' + '=' * 64)
+    print('=' * 64)
     print(f'Mask R-CNN iFormer-S, {args.iters} iterations x 4 images at {args.size} px, '
           f'{args.num_train} train / {args.num_val} val generated images')
     print(f'{"metric":<12}{"before training":>18}{"after training":>18}')
@@ -157,25 +200,69 @@ def main(argv=None) -> dict:
         print(f'{name:<12}{before.get(key, float("nan")):>18.3f}{after.get(key, float("nan")):>18.3f}')
     print(f'wall time: {wall:.0f} s total ({train_end - t0 - recorder.eval_seconds:.0f} s data+training, '
           f'{recorder.eval_seconds:.0f} s evaluation), {args.threads} thread(s)')
-    print(f'predictions painted on the photo: {out}')
+    print(f'picture (ground truth | prediction, {args.show} val images): {out}')
+    print(f'weights: {weights} ({os.path.getsize(weights) / 2**20:.0f} MB, tensors only)')
     print('=' * 64)
-    return dict(before=before, after=after, picture=out, wall_time=wall)
+    print('next: evaluate the weights, train on 2 processes, or try segmentation on the same data:')
+    print(f'  python tools/test.py {cfg_file} {weights}')
+    print(f'  bash tools/dist_train.sh {cfg_file} 2 --work-dir {args.work_dir}/dist')
+    print(f'  python tools/dataset_converters/ade_from_coco.py {data["root"]} {args.work_dir}/ade')
+    return dict(before=before, after=after, picture=out, weights=weights, wall_time=wall)
 
 
-def paint_predictions(runner, cfg, out_file: str) -> str:
-    """Run the trained model on the full photo (shapes added) and save the painted result."""
+def paint_predictions(runner, cfg, val_ann: str, out_file: str, num: int = 6, scale: int = 3,
+                      score_thr: float = 0.3) -> str:
+    """Ground truth next to the predictions on ``num`` validation images, enlarged ``scale`` times.
+
+    The images are enlarged before inference (the test pipeline resizes them back to the training
+    size), so boxes, masks and scores are drawn at a readable size.
+    """
+    import json
+
+    import cv2
     import mmcv
+    import numpy as np
+    import torch
     from mmdet.apis import inference_detector
+    from mmdet.structures.mask import PolygonMasks
+    from mmengine.structures import InstanceData
 
     model = runner.model
     model.cfg = cfg  # inference_detector builds its pipeline from the config
     model.eval()
-    rgb, _ = make_showcase_image()
-    bgr = mmcv.rgb2bgr(rgb)
-    result = inference_detector(model, bgr)
     vis = runner.visualizer  # the config's DetLocalVisualizer
     vis.dataset_meta = dict(classes=CLASSES, palette=list(PALETTE))  # mmdet reads a tuple as one colour for all
-    vis.add_datasample('demo', rgb, result, draw_gt=False, pred_score_thr=0.5, show=False, out_file=out_file)
+    coco = json.loads(open(val_ann).read())
+    img_dir = osp.join(osp.dirname(osp.dirname(val_ann)), 'images', 'val2017')
+    panels = []
+    # mmengine warns for every box or polygon touching the image border: harmless when drawing
+    warnings.filterwarnings('ignore', message='Warning: The (bbox|polygon) is out of bounds')
+    for im in coco['images'][:num]:
+        rgb = mmcv.imread(osp.join(img_dir, im['file_name']), channel_order='rgb')
+        h, w = rgb.shape[:2]
+        rgb = mmcv.imresize(rgb, (w * scale, h * scale), interpolation='bicubic')
+        result = inference_detector(model, mmcv.rgb2bgr(rgb))
+        anns = [a for a in coco['annotations'] if a['image_id'] == im['id']]
+        result.gt_instances = InstanceData(
+            bboxes=torch.tensor([[a['bbox'][0], a['bbox'][1], a['bbox'][0] + a['bbox'][2],
+                                  a['bbox'][1] + a['bbox'][3]] for a in anns]).reshape(-1, 4) * scale,
+            labels=torch.tensor([a['category_id'] - 1 for a in anns], dtype=torch.long),
+            masks=PolygonMasks([[np.asarray(p) * scale for p in a['segmentation']] for a in anns],
+                               h * scale, w * scale))
+        vis.add_datasample(im['file_name'], rgb, result, draw_gt=True, draw_pred=True,
+                           pred_score_thr=score_thr, show=False)
+        panels.append(vis.get_image())
+    cols = 2
+    while len(panels) % cols:
+        panels.append(np.full_like(panels[0], 255))
+    grid = np.concatenate([np.concatenate(panels[i:i + cols], axis=1) for i in range(0, len(panels), cols)], axis=0)
+    header = np.full((40, grid.shape[1], 3), 255, dtype=np.uint8)
+    for c in range(cols):
+        x = c * grid.shape[1] // cols
+        cv2.putText(header, 'ground truth', (x + 10, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+        cv2.putText(header, f'prediction (score >= {score_thr})', (x + grid.shape[1] // (2 * cols) + 10, 28),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+    mmcv.imwrite(mmcv.rgb2bgr(np.concatenate([header, grid], axis=0)), out_file)
     return out_file
 
 

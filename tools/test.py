@@ -20,11 +20,14 @@ import argparse
 import os
 import os.path as osp
 import sys
+import warnings
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+# setuptools' own notice, raised when mmengine imports pkg_resources: harmless here.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
 import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
 
+from iformer_mm.cli import run_cli  # noqa: E402
 from iformer_mm.engine import (init_distributed, prepare_runtime_cfg, teardown_distributed,  # noqa: E402
                                run_trusted)
 from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
@@ -135,4 +138,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

@@ -8,7 +8,8 @@ mmseg's ADE20K pipelines (``reduce_zero_label=True``) read it unchanged::
 
 Label maps are single-channel 8-bit PNGs of the image's size: ``0`` = no annotated object
 ("other", ignored after ``reduce_zero_label``), ``1..80`` = the COCO categories in
-:data:`COCO_CLASSES` order. Instances are painted largest first, so small objects lying on
+:data:`COCO_CLASSES` order (another category set, such as the demo's generated shapes, is
+numbered ``1..K`` in category-id order). Instances are painted largest first, so small objects lying on
 large ones stay visible; crowd regions are painted with their category too (semantic labels
 do not separate instances). Images are copied byte for byte (real photos, mixed sizes and
 orientations). Only numpy and PIL are needed; compressed-RLE annotations (not in COCO's
@@ -29,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ['COCO_CLASSES', 'SPLITS', 'build_ade_from_coco', 'paint_label_map']
+__all__ = ['COCO_CLASSES', 'SPLITS', 'build_ade_from_coco', 'category_labels', 'paint_label_map']
 
 # The 80 COCO "thing" categories, in COCO id order; label value = index + 1.
 COCO_CLASSES = (
@@ -101,13 +102,21 @@ def paint_label_map(anns: Sequence[Mapping], height: int, width: int,
     return label
 
 
-def _category_labels(categories: Sequence[Mapping]) -> Dict[int, int]:
+def category_labels(categories: Sequence[Mapping]) -> Dict[int, int]:
+    """COCO category id -> label value.
+
+    COCO's own categories get their :data:`COCO_CLASSES` position + 1 (what
+    ``ADEFromCOCODataset`` expects); any other category set (e.g. the demo's generated shapes)
+    is numbered 1..K in category-id order, to be read with ``metainfo=dict(classes=...)`` in
+    that order and ``num_classes=K``.
+    """
     index = {name: i + 1 for i, name in enumerate(COCO_CLASSES)}
-    unknown = [c['name'] for c in categories if c['name'] not in index]
-    if unknown:
-        raise ValueError(f'categories {unknown} are not COCO\'s 80 "thing" classes; '
-                         'this converter labels pixels by COCO_CLASSES')
-    return {c['id']: index[c['name']] for c in categories}
+    if all(c['name'] in index for c in categories):
+        return {c['id']: index[c['name']] for c in categories}
+    ordered = sorted(categories, key=lambda c: c['id'])
+    if len(ordered) > 255:
+        raise ValueError(f'{len(ordered)} categories do not fit 8-bit label maps (at most 255)')
+    return {c['id']: i + 1 for i, c in enumerate(ordered)}
 
 
 def build_ade_from_coco(coco_root: Union[str, Path], out_dir: Union[str, Path],
@@ -142,7 +151,7 @@ def build_ade_from_coco(coco_root: Union[str, Path], out_dir: Union[str, Path],
         if not ann_files[split].is_file():
             continue
         data = json.loads(ann_files[split].read_text())
-        cat_to_label = _category_labels(data['categories'])
+        cat_to_label = category_labels(data['categories'])
         by_image: Dict[int, List[Mapping]] = {}
         for ann in data['annotations']:
             by_image.setdefault(ann['image_id'], []).append(ann)
@@ -167,6 +176,18 @@ def build_ade_from_coco(coco_root: Union[str, Path], out_dir: Union[str, Path],
     return counts
 
 
+def _class_names(coco_root: Path) -> Optional[List[str]]:
+    """The category names of a non-COCO category set, in label order (``None`` for COCO's)."""
+    for split in SPLITS:
+        ann = coco_root / 'annotations' / f'instances_{split}.json'
+        if ann.is_file():
+            cats = json.loads(ann.read_text())['categories']
+            if all(c['name'] in COCO_CLASSES for c in cats):
+                return None
+            return [c['name'] for c in sorted(cats, key=lambda c: c['id'])]
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         description='Paint COCO instance annotations into an ADE20K-layout semantic '
@@ -179,6 +200,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     counts = build_ade_from_coco(args.coco_root, args.out_dir, args.max_images, args.overwrite)
     for split, n in counts.items():
         print(f'{split}: {n} images -> {Path(args.out_dir) / "images" / split}')
+    names = _class_names(Path(args.coco_root))
+    if names is not None:
+        print(f'labels 1..{len(names)} = {names} (not COCO\'s 80 classes): train with '
+              f'metainfo=dict(classes={tuple(names)!r}) and num_classes={len(names)}')
 
 
 if __name__ == '__main__':

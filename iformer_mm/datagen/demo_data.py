@@ -4,10 +4,13 @@ Backgrounds are crops of a real photograph that ships with matplotlib (a depende
 mmengine, so always installed): ``grace_hopper.jpg``, the US Navy portrait of Rear Admiral
 Grace Hopper (public domain). Objects are filled shapes of three classes — ``disc``,
 ``square``, ``triangle`` — in random colours, sizes and positions, with exact polygon masks.
-The output is a standard COCO layout that mmdet's ``CocoDataset`` reads unchanged::
+The output is COCO's own layout and split names, so mmdet's ``CocoDataset`` and every tool
+of this repository that takes a COCO folder read it unchanged (``tools/dataset_converters/
+ade_from_coco.py``, :mod:`iformer_mm.datagen.imagefolder_from_coco`, the detection configs with
+``data_root`` pointed at it)::
 
-    ROOT/annotations/instances_{train,val}.json
-    ROOT/images/{train,val}/000000.jpg ...
+    ROOT/annotations/instances_{train,val}2017.json
+    ROOT/images/{train,val}2017/000000.jpg ...
 
 Train and val images come from disjoint random streams (different seeds), so the val score is
 measured on images the model never saw. Generation is deterministic for a given seed.
@@ -42,21 +45,27 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> List[Tu
             for k in range(n)]
 
 
-def _background(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """A random square crop of the photo (random scale, position, mirror), resized to ``size``."""
+def _background(photo: Image.Image, size: int, rng: np.random.Generator,
+                aspect: float = 1.0) -> Image.Image:
+    """A random crop of the photo (random scale, position, mirror), resized to ``size`` wide and
+    ``size / aspect`` high."""
     w, h = photo.size
-    side = int(rng.uniform(0.35, 1.0) * min(w, h))
-    x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    img = photo.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BILINEAR)
+    out_w, out_h = size, max(int(round(size / aspect)), 1)
+    side = rng.uniform(0.35, 1.0) * min(w, h)  # the crop's shorter side
+    cw, ch = (side * aspect, side) if aspect >= 1 else (side, side / aspect)
+    cw, ch = int(min(cw, w)), int(min(ch, h))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize((out_w, out_h), Image.BILINEAR)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     return img
 
 
 def render_sample(photo: Image.Image, size: int, rng: np.random.Generator,
-                  max_objects: int = 3, background: Optional[Image.Image] = None) -> Tuple[Image.Image, List[dict]]:
+                  max_objects: int = 3, background: Optional[Image.Image] = None,
+                  aspect: float = 1.0) -> Tuple[Image.Image, List[dict]]:
     """One image with 1..max_objects non-overlapping shapes; returns (image, COCO-style objects)."""
-    img = background.copy() if background is not None else _background(photo, size, rng)
+    img = background.copy() if background is not None else _background(photo, size, rng, aspect)
     w, h = img.size
     draw = ImageDraw.Draw(img)
     objects: List[dict] = []
@@ -83,13 +92,14 @@ def render_sample(photo: Image.Image, size: int, rng: np.random.Generator,
     return img, objects
 
 
-def _write_split(root: Path, split: str, num: int, size: int, seed: int, photo: Image.Image) -> str:
+def _write_split(root: Path, split: str, num: int, size: int, seed: int, photo: Image.Image,
+                 aspect_ratios: Sequence[float] = (1.0,)) -> str:
     rng = np.random.default_rng(seed)
     img_dir = root / 'images' / split
     img_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for i in range(num):
-        img, objects = render_sample(photo, size, rng)
+        img, objects = render_sample(photo, size, rng, aspect=aspect_ratios[i % len(aspect_ratios)])
         name = f'{i:06d}.jpg'
         img.save(img_dir / name, quality=95)
         images.append(dict(id=i + 1, file_name=name, width=img.width, height=img.height))
@@ -104,16 +114,19 @@ def _write_split(root: Path, split: str, num: int, size: int, seed: int, photo: 
 
 
 def make_demo_dataset(root: os.PathLike, num_train: int = 96, num_val: int = 24, size: int = 160,
-                      seed: int = 0) -> Dict[str, str]:
+                      seed: int = 0, aspect_ratios: Sequence[float] = (1.0,)) -> Dict[str, str]:
     """Write the demo dataset under ``root`` (deterministic; rewrites existing files).
+
+    Images are ``size`` pixels wide and ``size / aspect`` high, the aspect ratios taken in turn
+    from ``aspect_ratios`` (the demo's are square; tests also want landscape and portrait).
 
     Returns:
         paths: ``root``, ``train_ann``, ``val_ann``.
     """
     root = Path(root)
     photo = sample_photo()
-    train = _write_split(root, 'train', num_train, size, seed, photo)
-    val = _write_split(root, 'val', num_val, size, seed + 10_000, photo)
+    train = _write_split(root, 'train2017', num_train, size, seed, photo, aspect_ratios)
+    val = _write_split(root, 'val2017', num_val, size, seed + 10_000, photo, aspect_ratios)
     return dict(root=str(root), train_ann=train, val_ann=val)
 
 

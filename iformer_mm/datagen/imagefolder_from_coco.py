@@ -31,9 +31,11 @@ DEFAULT_CLASSES = ('person', 'car', 'wine glass', 'toilet', 'sheep', 'cup')
 _SPLITS = ('train2017', 'val2017')
 
 
-def _load_instances(coco_root: Path, min_size: int) -> Tuple[Dict[str, list], Dict[int, Path]]:
-    """Non-crowd instances of at least ``min_size`` px per side, grouped by category name."""
+def _load_instances(coco_root: Path, min_size: int) -> Tuple[Dict[str, list], Dict[int, Path], List[str]]:
+    """Non-crowd instances of at least ``min_size`` px per side, grouped by category name; and all
+    category names of the files, in id order."""
     by_class: Dict[str, list] = defaultdict(list)
+    categories: Dict[int, str] = {}
     files: Dict[int, Path] = {}
     found = False
     for split in _SPLITS:
@@ -43,6 +45,7 @@ def _load_instances(coco_root: Path, min_size: int) -> Tuple[Dict[str, list], Di
         found = True
         data = json.loads(ann_file.read_text())
         names = {c['id']: c['name'] for c in data['categories']}
+        categories.update(names)
         for img in data['images']:
             files[img['id']] = coco_root / 'images' / split / img['file_name']
         for ann in data['annotations']:
@@ -54,7 +57,7 @@ def _load_instances(coco_root: Path, min_size: int) -> Tuple[Dict[str, list], Di
         raise FileNotFoundError(
             f'no COCO annotations under {coco_root}/annotations (expected instances_train2017.json '
             'and/or instances_val2017.json); pass the folder that holds annotations/ and images/')
-    return by_class, files
+    return by_class, files, [categories[k] for k in sorted(categories)]
 
 
 def _square_box(bbox: Sequence[float], img_w: int, img_h: int, context: float) -> Tuple[int, int, int, int]:
@@ -70,7 +73,7 @@ def _square_box(bbox: Sequence[float], img_w: int, img_h: int, context: float) -
 def build_imagefolder_from_coco(
         coco_root: Union[str, os.PathLike],
         out_dir: Union[str, os.PathLike],
-        classes: Sequence[str] = DEFAULT_CLASSES,
+        classes: Optional[Sequence[str]] = None,
         size: int = 64,
         min_size: int = 32,
         max_per_class: Optional[int] = 10,
@@ -82,7 +85,8 @@ def build_imagefolder_from_coco(
     Args:
         coco_root: folder with ``annotations/instances_{train,val}2017.json`` and ``images/``.
         out_dir: output folder (``train/`` and ``val/`` are created in it).
-        classes: COCO category names, one ImageFolder class each.
+        classes: category names, one ImageFolder class each. Default: :data:`DEFAULT_CLASSES`
+            for COCO data, every category for another category set (e.g. the demo's shapes).
         size: side of the saved square images, in px.
         min_size: skip instances whose box is smaller than this on either side.
         max_per_class: keep at most this many instances per class (``None`` or 0: all).
@@ -98,7 +102,9 @@ def build_imagefolder_from_coco(
     coco_root, out_dir = Path(coco_root), Path(out_dir)
     if val_every < 2:
         raise ValueError(f'val_every must be >= 2 (got {val_every}); 1 would leave train/ empty')
-    by_class, files = _load_instances(coco_root, min_size)
+    by_class, files, all_classes = _load_instances(coco_root, min_size)
+    if classes is None:
+        classes = DEFAULT_CLASSES if set(DEFAULT_CLASSES) <= set(all_classes) else all_classes
     counts: Dict[str, Dict[str, int]] = {'train': {}, 'val': {}}
     for name in classes:
         anns = sorted(by_class.get(name, []), key=lambda a: a['id'])[:max_per_class or None]
@@ -126,7 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('coco_root', help='folder with annotations/ and images/ (e.g. tiny_coco)')
     parser.add_argument('out_dir', help='output ImageFolder root')
-    parser.add_argument('--classes', nargs='+', default=list(DEFAULT_CLASSES))
+    parser.add_argument('--classes', nargs='+', default=None,
+                        help=f'default: {" ".join(DEFAULT_CLASSES)} for COCO, else every category')
     parser.add_argument('--size', type=int, default=64)
     parser.add_argument('--min-size', type=int, default=32)
     parser.add_argument('--max-per-class', type=int, default=10, help='0: all')

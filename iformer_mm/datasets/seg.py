@@ -10,7 +10,7 @@ reported with the file names and the fix.
 from __future__ import annotations
 
 import os.path as osp
-from typing import Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from mmseg.datasets import ADE20KDataset, BaseSegDataset
 from mmseg.registry import DATASETS
@@ -156,7 +156,8 @@ class ADEFromCOCODataset(_CheckedFolderMixin, BaseSegDataset):
     """The ADE20K-layout dataset painted from COCO (:mod:`iformer_mm.datagen.ade_from_coco`).
 
     Label value ``k`` in ``1..80`` is ``COCO_CLASSES[k - 1]``; ``0`` ("no object") is ignored
-    through ``reduce_zero_label``, exactly as ADE20K's ``0``.
+    through ``reduce_zero_label``, exactly as ADE20K's ``0``. Painted from another category set
+    (the demo's shapes), give its names: ``metainfo=dict(classes=('disc', 'square', 'triangle'))``.
     """
 
     METAINFO = dict(classes=COCO_CLASSES)
@@ -165,3 +166,15 @@ class ADEFromCOCODataset(_CheckedFolderMixin, BaseSegDataset):
                  reduce_zero_label: bool = True, **kwargs) -> None:
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix,
                          reduce_zero_label=reduce_zero_label, **kwargs)
+
+    @classmethod
+    def get_label_map(cls, new_classes: Optional[Sequence[str]] = None) -> Optional[Dict[int, int]]:
+        """mmseg's remapping for a subset of COCO's classes; none for another category set.
+
+        The converter numbers a non-COCO category set (e.g. the demo's shapes) ``1..K`` in the
+        source file's order, so ``metainfo=dict(classes=...)`` in that order reads the labels as
+        they are (mmseg itself would refuse names that are not among :data:`COCO_CLASSES`).
+        """
+        if new_classes is not None and not set(new_classes) <= set(COCO_CLASSES):
+            return None
+        return super().get_label_map(new_classes)

@@ -14,7 +14,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..pretrained import CheckpointError, LoadReport, adapt_state_dict, extract_state_dict, logger
+from ..pretrained import (CheckpointError, LoadReport, adapt_state_dict, explain_download_failure,
+                          extract_state_dict, logger)
 from .iformer import InceptionTransformer
 
 __all__ = ['checkpoint_filter_fn', 'MODEL_ARCHS']
@@ -77,11 +78,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: InceptionTransformer
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> InceptionTransformer:
     arch, size = MODEL_ARCHS[variant]
     kwargs.setdefault('img_size', size)
-    return build_model_with_cfg(
-        InceptionTransformer, variant, pretrained, arch=arch,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
-        **kwargs)
+    local = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    with explain_download_failure(variant, _WEIGHTS_URL.format(variant), local_file=local):
+        return build_model_with_cfg(
+            InceptionTransformer, variant, pretrained, arch=arch,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+            **kwargs)
 
 
 @register_model

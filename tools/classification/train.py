@@ -35,14 +35,13 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+import yaml
+from torch import nn
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch import nn  # noqa: E402
-
-import _common as C  # noqa: E402
-from iformer_mm.pretrained import load_checkpoint_file, load_state_dict_into  # noqa: E402
+from iformer_mm import classification as C
+from iformer_mm.cli import run_cli
+from iformer_mm.pretrained import load_checkpoint_file, load_state_dict_into
 
 _logger = logging.getLogger('train')
 _SCHED_KEYS = ('sched', 'epochs', 'warmup_epochs', 'cooldown_epochs', 'min_lr', 'warmup_lr', 'lr',
@@ -92,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--sched-on-epochs', action='store_true', help='step the schedule per epoch, not per update')
     g.add_argument('--epochs', type=int, default=300, help='epochs before cool-down')
     g.add_argument('--warmup-epochs', type=int, default=5)
-    g.add_argument('--cooldown-epochs', type=int, default=10)
+    g.add_argument('--cooldown-epochs', type=int, default=0,
+                   help='epochs at min_lr after --epochs (timm >= 1.0 default 0; the authors\' recipes set 10)')
     g.add_argument('--warmup-lr', type=float, default=1e-6)
     g.add_argument('--min-lr', type=float, default=1e-5)
 
@@ -423,10 +423,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                       lr=optimizer.param_groups[0]['lr'])
 
         if val_loader is not None:
-            metrics = C.evaluate(model, val_loader, device, autocast, distributed=distributed)
+            metrics = C.evaluate(model, val_loader, device, autocast, distributed=distributed,
+                                 progress=rank == 0)
             record.update({f'val_{k}': v for k, v in metrics.items() if k != 'topk'})
             if model_ema is not None:
-                ema_metrics = C.evaluate(model_ema.module, val_loader, device, autocast, distributed=distributed)
+                ema_metrics = C.evaluate(model_ema.module, val_loader, device, autocast,
+                                         distributed=distributed, progress=rank == 0)
                 record.update({f'ema_val_{k}': v for k, v in ema_metrics.items() if k != 'topk'})
             metric = metrics[args.eval_metric]
         else:
@@ -477,4 +479,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

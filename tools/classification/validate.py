@@ -24,12 +24,11 @@ from contextlib import nullcontext
 from functools import partial
 from typing import Any, Dict, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import torch  # noqa: E402
-
-import _common as C  # noqa: E402
-from iformer_mm.pretrained import load_pretrained  # noqa: E402
+from iformer_mm import classification as C
+from iformer_mm.cli import run_cli
+from iformer_mm.pretrained import load_pretrained
 
 _logger = logging.getLogger('validate')
 
@@ -111,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     _logger.info(f'Validating {model_name} ({num_classes} classes) on {len(dataset)} images at {img_size}px, '
                  f'crop_pct {data_cfg["crop_pct"]}, {data_cfg["interpolation"]}, '
                  f'{torch.get_num_threads()} threads')
-    m = C.evaluate(model, loader, device, autocast, log_interval=args.log_interval, log=_logger)
+    m = C.evaluate(model, loader, device, autocast, log_interval=args.log_interval, log=_logger, progress=True)
     print(f'* {model_name} @ {img_size}px: top-1 {m["top1"]:.3f}%  top-{m["topk"]} {m["top5"]:.3f}%  '
           f'loss {m["loss"]:.4f}  ({m["images"]} images, {m["img_per_s"]:.1f} img/s)', flush=True)
     results = dict(model=model_name, checkpoint=args.checkpoint, img_size=img_size,
@@ -123,4 +122,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

@@ -2,12 +2,9 @@
 
 Usage: ``python tools/misc/check_env.py [--quick] [--json]``; exit status 1 when something is broken.
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
-
-from iformer_mm.env import main  # noqa: E402
+from iformer_mm.env import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -26,81 +26,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+import sys
+import warnings
+from typing import Any, Dict, Optional, Sequence
 
-import torch
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-from iformer_mm.models.iformer import ARCH_SETTINGS
-from iformer_mm.pretrained import (CheckpointError, extract_state_dict, infer_arch,
-                                   load_checkpoint_file, load_state_dict_into)
-from iformer_mm.models import InceptionTransformer
-
-_logger = logging.getLogger('iformer_mm.convert')
-CLASSIFIER_RE = re.compile(r'^(head|norm|head_drop)\.')
-MM_OUT_NORM_RE = re.compile(r'^norm\d\.')  # the mm backbone's per-stage output norms
-
-
-def read_any(path: str, trust_pickle: bool = False) -> Any:
-    """The package's safe read; with ``trust_pickle`` a fixed allow-list of training-state classes."""
-    try:
-        return load_checkpoint_file(path)
-    except CheckpointError as e:
-        if not trust_pickle or 'safe loading' not in str(e):
-            raise
-    from iformer_mm.engine.trusted_runs import trusted_globals
-    _logger.warning(f'{path}: holds training state (--trust-pickle): reading it with the allow-list '
-                    'argparse.Namespace + mmengine logger classes, still weights_only=True')
-    with torch.serialization.safe_globals(trusted_globals() + [argparse.Namespace]):
-        return load_checkpoint_file(path)
-
-
-def build_reference(sd: Dict[str, torch.Tensor], num_classes: int = 0) -> InceptionTransformer:
-    """An iFormer with the checkpoint's variant and position-table size (to verify a conversion)."""
-    arch = infer_arch(sd, ARCH_SETTINGS)
-    if arch is None:
-        raise CheckpointError(f'not an iFormer checkpoint (first keys: {sorted(sd)[:5]})')
-    if arch['name'] is None:
-        raise CheckpointError(f"custom iFormer arch {arch}: cannot verify it against a named variant "
-                              '(small/base/large); convert with --no-verify')
-    n = sd['pos_embed1'].shape[1]
-    return InceptionTransformer(arch['name'], img_size=(4 * n, 4 * sd['pos_embed1'].shape[2]),
-                                num_classes=num_classes)
-
-
-def to_backbone(obj: Any, use_ema: bool = True, keep_head: bool = False,
-                verify: bool = True) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Backbone tensors (authors' key names) from any supported classification checkpoint.
-
-    Returns:
-        ``(state_dict, info)`` where ``info`` says which variant and what was dropped.
-    """
-    sd, notes = extract_state_dict(obj, use_ema=use_ema)
-    dropped = sorted(k for k in sd if CLASSIFIER_RE.match(k)) if not keep_head else []
-    out = {k: v.detach().clone().contiguous() for k, v in sd.items() if k not in dropped}
-    info = dict(notes=notes, dropped=dropped, arch=infer_arch(out, ARCH_SETTINGS))
-    if verify:
-        ref = build_reference(out)
-        # the reference keeps the final norm of a classifier; a backbone has none
-        report = load_state_dict_into(ref, out, strict=True, allowed_missing=[r'^norm\.'])
-        missing = [k for k in report.missing if not CLASSIFIER_RE.match(k)]
-        if missing or report.resized:
-            raise CheckpointError(f'converted weights do not fill the backbone: missing {missing[:8]}')
-    return out, info
-
-
-def add_prefix(sd: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    return {prefix + k: v for k, v in sd.items()}
-
-
-def save_plain(sd: Dict[str, torch.Tensor], path: str) -> None:
-    """Write tensors only, then prove the file reads back with ``weights_only=True``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(sd, path)
-    back = torch.load(path, map_location='cpu', weights_only=True)
-    if set(back) != set(sd):
-        raise RuntimeError(f'{path} did not read back intact')
+from iformer_mm.cli import run_cli  # noqa: E402
+from iformer_mm.convert import add_prefix, read_checkpoint, save_plain, to_backbone  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -116,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    'checkpoints); still weights_only=True')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    obj = read_any(args.src, args.trust_pickle)
+    obj = read_checkpoint(args.src, args.trust_pickle)
     sd, info = to_backbone(obj, use_ema=not args.no_ema, keep_head=args.keep_head, verify=not args.no_verify)
     save_plain(add_prefix(sd, args.prefix), args.dst)
     arch = info['arch'] or {}
@@ -127,4 +60,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-from iformer_to_mm import MM_OUT_NORM_RE, read_any, save_plain  # noqa: E402
-from iformer_mm.models.iformer import ARCH_SETTINGS
-from iformer_mm.pretrained import CheckpointError, extract_state_dict, infer_arch  # noqa: E402
+from iformer_mm.cli import run_cli  # noqa: E402
+from iformer_mm.convert import from_mm, read_checkpoint, save_plain  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
@@ -36,19 +35,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help='read an mmengine checkpoint that safe loading refuses (only files you produced)')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    sd, notes = extract_state_dict(read_any(args.src, args.trust_pickle), use_ema=True)
-    arch = infer_arch(sd, ARCH_SETTINGS)
-    if arch is None:
-        raise CheckpointError(f'{args.src} holds no iFormer backbone (first keys: {sorted(sd)[:5]})')
-    out = {k: v.detach().clone().contiguous() for k, v in sd.items() if not MM_OUT_NORM_RE.match(k)}
+    out, info = from_mm(read_checkpoint(args.src, args.trust_pickle), source=args.src)
+    arch = info['arch']
     if any(arch['depths'][i] == 0 for i in range(4)):
         print(f'warning: the backbone has only stages with depths {arch["depths"]} (out_indices pruned it); '
               'the missing stages start from scratch when used as a classifier')
     save_plain(out, args.dst)
     print(f'{args.src} -> {args.dst}: {len(out)} tensors of iFormer-{arch.get("name") or "custom"} '
-          f'({"; ".join(notes) or "plain"}); dropped {len(sd) - len(out)} mm output-norm tensors')
-    return dict(tensors=len(out), dropped=len(sd) - len(out))
+          f'({"; ".join(info["notes"]) or "plain"}); dropped {info["dropped"]} mm output-norm tensors')
+    return dict(tensors=len(out), dropped=info['dropped'])
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

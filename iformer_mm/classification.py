@@ -1,4 +1,7 @@
-"""Helpers shared by ``train.py`` and ``validate.py`` (model building, weights, data, metrics)."""
+"""Classification helpers of ``tools/classification/{train,validate}.py`` (weights, data checks, metrics).
+
+In the package (not beside the scripts) so the tools and the tests import them normally.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-import iformer_mm  # noqa: F401  (registers the timm models iformer_*)
-from iformer_mm.pretrained import (CheckpointError, extract_state_dict, load_checkpoint_file,
+from .models import timm_models  # noqa: F401  (registers the timm models iformer_*)
+from .pretrained import (CheckpointError, extract_state_dict, load_checkpoint_file,
                                    load_pretrained)
 
 _logger = logging.getLogger('train')
@@ -97,15 +100,20 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int]) ->
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, autocast: Any,
              log_interval: int = 0, log: logging.Logger = _logger,
-             distributed: bool = False) -> Dict[str, float]:
-    """Top-1, top-5 (%) and cross-entropy over ``loader``; sums are all-reduced when distributed."""
+             distributed: bool = False, progress: bool = False) -> Dict[str, float]:
+    """Top-1, top-5 (%) and cross-entropy over ``loader``; sums are all-reduced when distributed.
+
+    ``progress`` draws a tqdm bar with ETA (on stderr; pass it on the main process only).
+    """
+    from tqdm import tqdm
     model.eval()
     num_classes = model.num_classes
     topk = (1, min(5, num_classes))
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, top1, top5, n
     criterion = nn.CrossEntropyLoss(reduction='sum')
     start = time.perf_counter()
-    for i, (x, y) in enumerate(loader):
+    bar = tqdm(loader, desc='evaluate', unit='batch', leave=False, mininterval=1.0, disable=not progress)
+    for i, (x, y) in enumerate(bar):
         x, y = x.to(device), y.to(device)
         with autocast():
             out = model(x)
