@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -94,12 +93,8 @@ def test_converter_makes_the_authors_det_checkpoint_testable(tmp_path):
 
 
 def _tool_converter():
-    path = REPO / 'tools' / 'model_converters' / 'mobile_iformer_to_mm.py'
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location('mobile_iformer_to_mm', path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools.model_converters import mobile_iformer_to_mm
+    return mobile_iformer_to_mm
 
 
 @pytest.mark.parametrize('arch', ['m', 'l', 'l2'])

@@ -20,16 +20,12 @@ Reading stays ``weights_only=True``: the file may hold ``argparse.Namespace`` an
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from iformer_to_mm import read_any, save_plain  # noqa: E402
-from iformer_mm.pretrained import CheckpointError, extract_state_dict, mobile_iformer_safe_globals  # noqa: E402
+from iformer_mm.convert import read_checkpoint, save_plain
+from iformer_mm.pretrained import CheckpointError, extract_state_dict, mobile_iformer_safe_globals
 
 
 def convert(obj: Any) -> Dict[str, torch.Tensor]:
@@ -71,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
                    help="also allow mmengine's logging objects when reading (still weights_only=True)")
     args = p.parse_args(argv)
     with torch.serialization.safe_globals(mobile_iformer_safe_globals()):
-        obj = read_any(args.src, args.trust_pickle)
+        obj = read_checkpoint(args.src, args.trust_pickle)
     sd = convert(obj)
     if args.config:
         verify(sd, args.config)
