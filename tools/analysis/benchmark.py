@@ -363,15 +363,14 @@ def _autocast(device: str, dtype: str) -> Any:
 
 
 def _amp_optim_wrapper(optimizer: Any, device: str, dtype: str) -> Any:
-    """The optimizer wrapper a training step in ``dtype`` uses (autocast inside ``train_step``)."""
+    """The optimizer wrapper ``tools/train.py --amp`` gives a training step in ``dtype``:
+    mmengine's ``AmpOptimWrapper`` on CUDA; on CPU the plain one (the model's features are
+    autocast instead, :func:`iformer_mm.engine.amp.autocast_features`)."""
     from mmengine.optim import OptimWrapper
-    if dtype == 'fp32':
-        return OptimWrapper(optimizer)
-    if device == 'cuda':
+    if dtype != 'fp32' and device == 'cuda':
         from mmengine.optim import AmpOptimWrapper
         return AmpOptimWrapper(optimizer=optimizer, dtype=_TORCH_DTYPE[dtype])
-    from iformer_mm.engine.amp import BF16OptimWrapper
-    return BF16OptimWrapper(optimizer=optimizer)
+    return OptimWrapper(optimizer)
 
 
 def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = True) -> Dict[str, Any]:
@@ -435,6 +434,12 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
             model = _build_mm(SWIN_DET_CFG if c['impl'] == 'swin_t' else DET_CFG, c['impl'], 'mmdet', device)
         else:
             model = _build_mm(SEG_CFG, c['impl'], 'mmseg', device)
+        if dtype != 'fp32' and not (c['mode'] == 'step' and device == 'cuda'):
+            # what tools/train.py / tools/test.py --amp do: backbone + neck in the dtype, heads
+            # in fp32 (mmcv's CPU nms takes fp32 only); amp() is then a no-op for this model
+            from iformer_mm.engine.amp import autocast_features
+            autocast_features(model, dtype, device)
+            amp = lambda: nullcontext()  # noqa: E731
         if c['mode'] == 'step':
             model.train()
             optim = _amp_optim_wrapper(torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05),
