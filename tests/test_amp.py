@@ -96,15 +96,17 @@ def test_apply_amp_on_cpu_and_its_errors():
 def test_train_and_test_tools_with_amp_bf16(tiny_coco_dir, tmp_path):
     """tools/train.py --amp bf16 trains on CPU; tools/test.py --amp bf16 evaluates the same
     checkpoint as fp32 does, with box/mask AP within 0.02 of fp32's."""
-    from tests.test_detection_e2e import _run, _write_cfg
+    from test_detection_e2e import _run, _write_cfg  # tests/ is on sys.path under pytest
     cfg = _write_cfg(tmp_path / 'tiny.py', tiny_coco_dir)
     wd = tmp_path / 'wd'
     out = _run([sys.executable, REPO / 'tools' / 'train.py', cfg, '--work-dir', wd, '--amp', 'bf16'], REPO)
     assert 'Epoch(train) [1][2/2]' in out and re.search(r'loss: \d+\.\d+', out)
+    assert 'FeatureAutocastHook: backbone and neck run under bf16 autocast on cpu' in out
     ckpt = wd / 'epoch_1.pth'
     aps = {}
     for amp in ([], ['--amp', 'bf16']):
         out = _run([sys.executable, REPO / 'tools' / 'test.py', cfg, ckpt, '--work-dir', tmp_path / 't'] + amp, REPO)
+        assert ('FeatureAutocastHook: backbone and neck run under bf16' in out) == bool(amp)
         aps[bool(amp)] = {k: float(re.search(rf'{k}_mAP_copypaste: (\d\.\d{{3}})', out).group(1))
                           for k in ('bbox', 'segm')}
     for k in ('bbox', 'segm'):

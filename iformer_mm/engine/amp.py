@@ -108,7 +108,9 @@ class FeatureAutocastHook(Hook):
         self.dtype = dtype
 
     def before_run(self, runner: Any) -> None:
-        autocast_features(runner.model, self.dtype)
+        model = autocast_features(runner.model, self.dtype)
+        runner.logger.info(f'FeatureAutocastHook: backbone and neck run under {self.dtype} autocast on '
+                           f'{next(model.parameters()).device.type}; heads and weights stay fp32')
 
 
 def apply_amp(cfg: Any, dtype: str, training: bool) -> None:
