@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train and evaluate Mask R-CNN iFormer-S on a generated dataset: no download, a few CPU minutes.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150] [--threads 2]
+    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150] [--threads 2] [--amp bf16]
 
 What it does, end to end with the real config (configs/detection/mask_rcnn_iformer_s_1x.py)
 and mmengine's Runner:
@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)),
                    help='torch CPU threads')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
+                   help='mixed precision: backbone + neck in bf16 (CPUs with bf16 units, GPUs) or fp16 (GPU)')
     return p.parse_args(argv)
 
 
@@ -118,6 +120,9 @@ def main(argv=None) -> dict:
     t0 = time.time()
     data = make_demo_dataset(osp.join(args.work_dir, 'data'), args.num_train, args.num_val, args.size, args.seed)
     cfg = build_cfg(args, data)
+    if args.amp:
+        from iformer_mm.engine.amp import apply_amp
+        apply_amp(cfg, args.amp, training=True)
     prepare_runtime_cfg(cfg)
 
     class EvalBeforeAndAfter(Hook):
