@@ -8,7 +8,7 @@ another), on the same deterministic weights for all iFormer implementations:
 * ``authors_sdpa`` — the same data flow with ``scaled_dot_product_attention`` swapped in: the
   baseline of every ``/base`` ratio (what "just call the fused kernel" gives);
 * ``reference`` — our model with ``impl='reference'``: the modules only, the path GPUs take;
-* ``ours`` — ``impl='auto'``: the CPU kernels of :mod:`iformer_mm.ops` where measured and safe;
+* ``ours`` — ``impl='fast'``: the kernels of :mod:`iformer_mm.ops` wherever they can run (see below);
 * ``swin_t`` — mmdet's Swin-T (same FLOPs class as iFormer-S), the peer;
 * ``sdpa_only`` — only the attention calls ours makes for that input (same shapes, fused
   kernel, forward and backward): the floor any exact implementation on PyTorch's kernel pays.
