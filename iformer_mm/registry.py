@@ -12,6 +12,7 @@ from mmengine.registry import Registry
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='iformer_mm',
                   locations=['iformer_mm.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='iformer_mm',
-                 locations=['iformer_mm.engine.resilience', 'iformer_mm.engine.progress'])
+                 locations=['iformer_mm.engine.resilience', 'iformer_mm.engine.progress',
+                            'iformer_mm.engine.amp'])
 
 __all__ = ['HOOKS', 'MODELS']

@@ -47,6 +47,14 @@ def pytest_report_header(config):
             f'tiny COCO: {coco if coco.is_dir() else "generated demo set (no " + str(coco) + ")"}']
 
 
+def _shared(*parts: str) -> Path:
+    """A path under ``../shared`` that is not shipped (the mobile iFormer's 8 MB golden file); skip without it."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f'{path} not found (set IFORMER_SHARED to the shared/ folder)')
+    return path
+
+
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO

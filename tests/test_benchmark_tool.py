@@ -35,8 +35,8 @@ def test_ratios_and_rates():
     assert rows['swin_t']['gflops'] == pytest.approx(2 * 5 * 3 / 1.5)
     assert rows['sdpa_only']['gflops'] == pytest.approx(35.0)  # its own attention FLOPs
     md = bench.format_markdown(bench.summarise(results)).splitlines()
-    assert md[0].startswith('| case | mode | impl | median s | peak RSS GB | t/base')
-    assert any('| ours | 3.000 | 2.00 | 0.750 | 0.500 | 0.300 | 2.00 | 4000 | 2.00 | 20.0 | 20% |' in line
+    assert md[0].startswith('| case | mode | impl | dtype | median s | peak GB | t/base')
+    assert any('| ours | fp32 | 3.000 | 2.00 | 0.750 | 0.500 | 0.300 | 2.00 |  |  | 4000 | 2.00 | 20.0 | 20% |' in line
                for line in md)
     assert 'ATen ops' in bench.format_table(bench.summarise(results))
 
@@ -72,3 +72,72 @@ def test_small_real_run_writes_every_column(repo_root, tmp_path):
     # the path GPUs take issues about as many ops as the released data flow
     assert rows['reference']['ops_vs_base'] <= 1.1
     assert 't/base' in res.stdout and 'ATen ops' in res.stdout
+
+
+def test_dtype_rows_compare_with_fp32_and_cuda_peak_memory_is_the_memory_column():
+    """bf16 rows get t/fp32 and mem/fp32 against the same impl in fp32, their base ratio
+    against the baseline *in bf16*, their %mm against the bf16 matmul; on CUDA the memory
+    column is max_memory_allocated, not the process RSS."""
+    results = [
+        dict(kind='matmul', name='matmul_fp32', impl='-', mode='fwd', median_s=1.0, gflops=100.0, dtype='fp32'),
+        dict(kind='matmul', name='matmul_bf16', impl='-', mode='fwd', median_s=1.0, gflops=400.0, dtype='bf16'),
+        dict(kind='flops', name='bb', impl='ours', mode='count', flops=10e9),
+        _row('authors_sdpa', 4.0, 4.0, dtype='fp32'), _row('ours', 3.0, 2.0, dtype='fp32'),
+        _row('authors_sdpa', 2.0, 3.0, dtype='bf16'), _row('ours', 1.0, 2.0, dtype='bf16'),
+        _row('swin_t', 0.5, 1.0, dtype='bf16', peak_cuda_gb=0.25),
+    ]
+    rows = {(r['impl'], r.get('dtype')): r for r in bench.summarise(results) if r['kind'] == 'backbone'}
+    ours16 = rows[('ours', 'bf16')]
+    assert ours16['time_vs_fp32'] == pytest.approx(1 / 3)
+    assert ours16['mem_vs_fp32'] == pytest.approx(1.0)
+    assert ours16['time_vs_base'] == pytest.approx(0.5)  # against authors_sdpa in bf16, not fp32
+    assert ours16['time_vs_swin'] == pytest.approx(2.0)
+    assert ours16['frac_of_matmul'] == pytest.approx(2 * 10 * 3 / 1.0 / 400.0)
+    assert 'time_vs_fp32' not in rows[('ours', 'fp32')]
+    assert rows[('swin_t', 'bf16')]['peak_gb'] == 0.25 and rows[('ours', 'bf16')]['peak_gb'] == 2.0
+    table = bench.format_table(bench.summarise(results))
+    assert 't/fp32' in table and 'ATen ops' in table and 'bf16' in table
+
+
+def test_cuda_plan_has_the_gpu_cases_baselines_and_dtypes(capsys):
+    cases = bench.plan(quick=False, device='cuda', dtypes=('fp32', 'bf16', 'fp16'))
+    ids = [bench.case_id(c) for c in cases]
+    assert len(ids) == len(set(ids))
+    assert all(c['device'] == 'cuda' for c in cases)
+    for dt in ('', '@bf16', '@fp16'):
+        for impl in ('authors_naive', 'authors_sdpa', 'reference', 'ours', 'swin_t'):
+            assert f'backbone_800x1344_b2/fwdbwd/{impl}{dt}' in ids
+            assert f'backbone_224_b64/fwd/{impl}{dt}' in ids
+        assert f'maskrcnn_train_step_800x1333/step/ours{dt}' in ids
+        assert f'maskrcnn_train_step_800x1333/step/swin_t{dt}' in ids
+    by = {bench.case_id(c): c for c in cases}
+    assert by['backbone_800x1344_b2/fwdbwd/ours']['batch'] == 2
+    assert by['backbone_224_b64/fwd/ours@bf16']['batch'] == 64
+    assert by['backbone_800x1344_b2/fwdbwd/ours']['shape'] == [800, 1344]
+    # FLOP counts once per shape, not per dtype
+    assert ids.count('backbone_224_b64/count/ours') == 1
+    # the command line reaches the same plan, and --list needs no GPU
+    assert bench.main(['--device', 'cuda', '--dtype', 'fp32', 'fp16', '--only', 'b64/fwd/ours', '--list']) == 0
+    assert capsys.readouterr().out.split() == ['backbone_224_b64/fwd/ours', 'backbone_224_b64/fwd/ours@fp16']
+
+
+def test_ours_is_built_with_the_kernels_enabled_everywhere():
+    """``ours`` must measure the kernels on any device/dtype (impl='fast'), ``reference``
+    the modules only: otherwise a bf16 or CUDA row would silently time the reference twice."""
+    impls = {m.impl for m in bench._iformer_backbone('ours').modules() if hasattr(m, 'impl')}
+    assert impls == {'fast'}
+    impls = {m.impl for m in bench._iformer_backbone('reference').modules() if hasattr(m, 'impl')}
+    assert impls == {'reference'}
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks the message shown without CUDA')
+def test_cuda_without_a_gpu_and_fp16_on_cpu_exit_2_with_one_clear_line(repo_root):
+    tool = [sys.executable, str(repo_root / 'tools/analysis/benchmark.py')]
+    res = subprocess.run(tool + ['--device', 'cuda', '--quick'], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and '--device cuda' in lines[0] and '--device cpu' in lines[0], res.stderr
+    assert res.stdout == ''
+    res = subprocess.run(tool + ['--dtype', 'fp32', 'fp16'], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert 'fp16' in res.stderr and '--dtype bf16' in res.stderr and 'Traceback' not in res.stderr

@@ -6,6 +6,7 @@ from torch import nn
 
 from iformer_mm.models.iformer import InceptionMixer, Mlp
 from iformer_mm.ops import CHUNK_ROWS, fused_mlp, inception_mixer_cl, kernel_allowed
+from iformer_mm.ops.dispatch import MEASURED_WINS
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,14 +114,24 @@ def test_reference_impl_never_runs_a_kernel(monkeypatch):
 
 
 def test_unmeasured_dtype_takes_the_reference_unless_fast(mlp_and_spy):
-    """bf16 autocast and fp64 were not measured: 'auto' runs the modules, 'fast' the kernel."""
+    """fp64 and CPU fp16 autocast were not measured: 'auto' runs the modules, 'fast' the kernel."""
     mlp, seen = mlp_and_spy
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=torch.float16):
         mlp(torch.randn(4, 16))
     mlp.double()(torch.randn(4, 16, dtype=torch.float64))
     assert seen == []
     mlp.impl = 'fast'
     mlp(torch.randn(4, 16, dtype=torch.float64))
+    assert seen == [1]
+
+
+def test_cpu_bf16_autocast_is_a_measured_win_and_runs_the_kernel(mlp_and_spy):
+    """bf16 autocast on CPU was measured faster with the kernels (docs/performance.md):
+    'auto' takes them there (tests/test_amp.py checks they equal the reference in bf16)."""
+    mlp, seen = mlp_and_spy
+    assert ('cpu', torch.bfloat16) in MEASURED_WINS
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        mlp(torch.randn(4, 16))
     assert seen == [1]
 
 

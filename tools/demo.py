@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train and evaluate Mask R-CNN iFormer-S on a generated dataset: no download, a few CPU minutes.
 
-    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150] [--threads 2] [--verbose]
+    python tools/demo.py [--work-dir work_dirs/demo] [--iters 150] [--threads 2] [--amp bf16] [--verbose]
 
 What it does, end to end with the real config (configs/detection/mask_rcnn_iformer_s_1x.py)
 and mmengine's Runner:
@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--show', type=int, default=6, help='validation images in the picture')
     p.add_argument('--verbose', action='store_true', help="also print mmengine's log (config, every 10 iterations)")
+    p.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
+                   help='mixed precision: backbone + neck in bf16 (CPUs with bf16 units, GPUs) or fp16 (GPU)')
     return p.parse_args(argv)
 
 
@@ -161,6 +163,9 @@ def main(argv=None) -> Dict[str, Any]:
           f'({args.size} px, 3 classes) in {args.work_dir}/data ...')
     data = make_demo_dataset(osp.join(args.work_dir, 'data'), args.num_train, args.num_val, args.size, args.seed)
     cfg = build_cfg(args, data)
+    if args.amp:
+        from iformer_mm.engine.amp import apply_amp
+        apply_amp(cfg, args.amp, training=True)
     prepare_runtime_cfg(cfg)
     cfg_file = osp.join(args.work_dir, 'demo_config.py')
     cfg.dump(cfg_file)

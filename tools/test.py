@@ -5,7 +5,7 @@ The config's ``default_scope`` says which toolbox builds it; the flags are MMDet
 MMSegmentation's::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
-                         [--show] [--show-dir DIR] [--wait-time S] [--tta]
+                         [--show] [--show-dir DIR] [--wait-time S] [--tta] [--amp bf16|fp16]
                          [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
 ``--out``: mmdet writes the raw predictions to a ``.pkl`` file; mmseg writes the predicted
@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='directory where painted images will be saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (config must define it)')
+    parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
+                        help='mixed precision inference: backbone + neck in bf16 (CPU with bf16 units, '
+                        'GPU) or fp16 (GPU only); heads stay fp32')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. test_dataloader.batch_size=2')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
@@ -102,6 +105,10 @@ def build_cfg(args: argparse.Namespace):
                              'merges boxes only, so not for Mask R-CNN masks; mmseg: SegTTAModel).')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+
+    if args.amp is not None:
+        from iformer_mm.engine.amp import apply_amp
+        apply_amp(cfg, args.amp, training=False)
 
     if args.out is not None:
         if scope == 'mmseg':

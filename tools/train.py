@@ -4,7 +4,7 @@
 The config's ``default_scope`` says which toolbox builds it; the flags are MMDetection's /
 MMSegmentation's (same names, same meaning)::
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [auto|CKPT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [auto|CKPT]] [--amp [bf16|fp16]]
                                  [--auto-scale-lr] [--cfg-options k=v ...]
                                  [--launcher none|pytorch|slurm|mpi]
 
@@ -37,8 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models '
                         '(default: ./work_dirs/<config name>)')
-    parser.add_argument('--amp', action='store_true', default=False,
-                        help='automatic mixed precision training (needs a GPU)')
+    parser.add_argument('--amp', nargs='?', const='default', default=None, choices=['default', 'bf16', 'fp16'],
+                        help='mixed precision training: bf16 or fp16 (GPU only); bare --amp is fp16 on a '
+                        'GPU (mmdet\'s meaning) and bf16 on CPU')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale lr by (processes x batch_size) / auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -72,15 +73,12 @@ def build_cfg(args: argparse.Namespace):
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
     if args.amp:
+        # CUDA: mmengine's AmpOptimWrapper; CPU: backbone + neck under bf16 autocast
+        # (iformer_mm/engine/amp.py says why mmengine's wrapper cannot be used there).
         import torch
-        if not torch.cuda.is_available():
-            raise SystemExit('--amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper); on CPU train '
-                             'without --amp.')
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-            print('AMP training is already enabled in your config.')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+        from iformer_mm.engine.amp import apply_amp
+        dtype = args.amp if args.amp != 'default' else ('fp16' if torch.cuda.is_available() else 'bf16')
+        apply_amp(cfg, dtype, training=True)
 
     if args.auto_scale_lr:
         if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):

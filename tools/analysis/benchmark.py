@@ -8,7 +8,7 @@ another), on the same deterministic weights for all iFormer implementations:
 * ``authors_sdpa`` — the same data flow with ``scaled_dot_product_attention`` swapped in: the
   baseline of every ``/base`` ratio (what "just call the fused kernel" gives);
 * ``reference`` — our model with ``impl='reference'``: the modules only, the path GPUs take;
-* ``ours`` — ``impl='auto'``: the CPU kernels of :mod:`iformer_mm.ops` where measured and safe;
+* ``ours`` — ``impl='fast'``: the kernels of :mod:`iformer_mm.ops` wherever they can run (see below);
 * ``swin_t`` — mmdet's Swin-T (same FLOPs class as iFormer-S), the peer;
 * ``sdpa_only`` — only the attention calls ours makes for that input (same shapes, fused
   kernel, forward and backward): the floor any exact implementation on PyTorch's kernel pays.
@@ -23,9 +23,21 @@ a plain large fp32 matmul on the same threads; whole Mask R-CNN / Semantic FPN m
 s/iter of a full training step (forward, backward, AdamW step) for Mask R-CNN iFormer-S
 and mmdet's Swin-T Mask R-CNN at 800x1333, batch 1.
 
+Devices and precisions: ``--device cpu|cuda`` and ``--dtype fp32 [bf16 fp16]`` (several
+dtypes run side by side; bf16/fp16 run the fp32 weights under ``torch.autocast``, fp16 only
+on CUDA; a ``t/fp32`` column compares each row with the same row in fp32). ``ours`` is
+built with ``impl='fast'``: the kernels of :mod:`iformer_mm.ops` run wherever they are
+structurally allowed, also on (device, dtype) pairs where ``impl='auto'`` would not pick them
+yet, so the benchmark is what decides :data:`iformer_mm.ops.dispatch.MEASURED_WINS`.
+On CUDA the cases are those a GPU needs (backbone 800x1344 batch 2, 224 inference batch 64,
+the Mask R-CNN train step at 800x1333), timed with CUDA events, and the memory column is
+``torch.cuda.max_memory_allocated`` (reset per case) instead of the process's peak RSS.
+
 Usage::
 
     python tools/analysis/benchmark.py                 # everything (~55 min idle, 1 thread)
+    python tools/analysis/benchmark.py --dtype fp32 bf16 --only backbone_224/fwd/ours
+    python tools/analysis/benchmark.py --device cuda --dtype fp32 bf16 fp16   # on a GPU
     python tools/analysis/benchmark.py --quick         # small shapes, ~2 min: a smoke test
     python tools/analysis/benchmark.py --only backbone_800x1344 --json out.json
     python tools/analysis/benchmark.py --variants --only ours+   # with_cp / windowed / compile
@@ -43,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,9 +68,58 @@ SWIN_T = dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], wind
               out_indices=(0, 1, 2, 3), convert_weights=False)
 
 
+DEVICES = ('cpu', 'cuda')
+DTYPES = ('fp32', 'bf16', 'fp16')
+_TORCH_DTYPE = {'bf16': 'bfloat16', 'fp16': 'float16'}
+
+
 # ============================================================================ the cases
-def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
-    """Every measured configuration, in run order (acceptance cases first)."""
+def plan(quick: bool, variants: bool = False, device: str = 'cpu',
+         dtypes: Sequence[str] = ('fp32',)) -> List[Dict[str, Any]]:
+    """Every measured configuration, in run order (acceptance cases first).
+
+    Each timed case is repeated for every entry of ``dtypes`` (FLOP counts once); every case
+    carries its ``device`` and ``dtype``.
+    """
+    if device == 'cuda':
+        cases = _plan_cuda(quick)
+    else:
+        cases = _plan_cpu(quick, variants)
+    out: List[Dict[str, Any]] = []
+    for c in cases:
+        if c['kind'] == 'flops':
+            out.append(dict(c, device=device, dtype='fp32'))
+            continue
+        for dt in dtypes:
+            name = f'matmul_{dt}' if c['kind'] == 'matmul' else c['name']
+            out.append(dict(c, name=name, device=device, dtype=dt))
+    return out
+
+
+def _plan_cuda(quick: bool) -> List[Dict[str, Any]]:
+    """The GPU table: backbone 800x1344 batch 2 (fwd+bwd and fwd), 224 inference batch 64,
+    and the Mask R-CNN training step, against the same baselines as on CPU."""
+    if quick:
+        bb = [('backbone_256x384_b2', 256, 384, 2, ('fwdbwd', 'fwd')), ('backbone_224_b8', 224, 224, 8, ('fwd',))]
+        step_shape = (256, 384)
+    else:
+        bb = [('backbone_800x1344_b2', 800, 1344, 2, ('fwdbwd', 'fwd')),
+              ('backbone_224_b64', 224, 224, 64, ('fwd',))]
+        step_shape = (800, 1333)
+    cases: List[Dict[str, Any]] = [dict(kind='matmul', name='matmul', impl='-', mode='fwd')]
+    for name, h, w, b, modes in bb:
+        for impl in ('ours', 'swin_t'):
+            cases.append(dict(kind='flops', name=name, impl=impl, mode='count', shape=[h, w], batch=b))
+        for mode in modes:
+            for impl in BACKBONE_IMPLS:
+                cases.append(dict(kind='backbone', name=name, impl=impl, mode=mode, shape=[h, w], batch=b))
+    for impl in ('reference', 'ours', 'swin_t'):
+        cases.append(dict(kind='maskrcnn', name='maskrcnn_train_step_%dx%d' % step_shape, impl=impl,
+                          mode='step', shape=list(step_shape), batch=1))
+    return cases
+
+
+def _plan_cpu(quick: bool, variants: bool) -> List[Dict[str, Any]]:
     if quick:
         bb = [('backbone_224', 224, 224, 4), ('backbone_256x384', 256, 384, 1)]
         det_shape, seg_shape, step_shape = (256, 384), (256, 256), (256, 384)
@@ -65,7 +127,7 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
         bb = [('backbone_800x1344', 800, 1344, 1), ('backbone_224', 224, 224, 32),
               ('backbone_224_b8', 224, 224, 8), ('backbone_512', 512, 512, 2)]
         det_shape, seg_shape, step_shape = (800, 1344), (512, 512), (800, 1333)
-    cases: List[Dict[str, Any]] = [dict(kind='matmul', name='matmul_fp32', impl='-', mode='fwd')]
+    cases: List[Dict[str, Any]] = [dict(kind='matmul', name='matmul', impl='-', mode='fwd')]
     for name, h, w, b in bb:
         # FLOPs in their own processes: tracing must not inflate a timed case's peak RSS.
         for impl in ('ours', 'swin_t'):
@@ -96,7 +158,9 @@ def plan(quick: bool, variants: bool = False) -> List[Dict[str, Any]]:
 
 
 def case_id(c: Dict[str, Any]) -> str:
-    return f"{c['name']}/{c['mode']}/{c['impl']}"
+    """``name/mode/impl``, with ``@dtype`` appended for every dtype but fp32."""
+    dt = c.get('dtype', 'fp32')
+    return f"{c['name']}/{c['mode']}/{c['impl']}" + ('' if dt == 'fp32' else f'@{dt}')
 
 
 # ============================================================================ worker side
@@ -122,13 +186,17 @@ VARIANTS = {
 
 
 def _iformer_backbone(impl: str) -> Any:
-    """iFormer-S backbone of the given implementation, on the same deterministic weights."""
+    """iFormer-S backbone of the given implementation, on the same deterministic weights.
+
+    ``ours`` is built with ``impl='fast'``: the kernels run on any device and dtype (that
+    is what this tool measures before a pair joins ``MEASURED_WINS``).
+    """
     import torch
     from iformer_mm.analysis.baselines import AuthorsIFormer
     from iformer_mm.models.backbone import IFormer
     torch.manual_seed(0)
     ours = IFormer('small', drop_path_rate=0.0, out_norm=False,
-                   impl='reference' if impl == 'reference' else 'auto', **VARIANTS.get(impl, {}))
+                   impl='reference' if impl == 'reference' else 'fast', **VARIANTS.get(impl, {}))
     if not impl.startswith('authors_'):
         return ours
     authors = AuthorsIFormer('small', attn=impl[len('authors_'):])
@@ -143,7 +211,7 @@ def _swin_backbone() -> Any:
     return SwinTransformer(**{**SWIN_T, 'drop_path_rate': 0.0})
 
 
-def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
+def _build_mm(cfg_path: str, impl: str, scope: str, device: str = 'cpu') -> Any:
     import torch
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
@@ -162,6 +230,8 @@ def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
     if impl in ('naive', 'reference'):
         bb.impl = 'reference'
         bb.attn_impl = 'naive' if impl == 'naive' else 'sdpa'
+    elif impl == 'ours' and 'impl' in bb:
+        bb.impl = 'fast'  # the kernels wherever they run (see _iformer_backbone)
     if cfg.model.get('pretrained'):
         cfg.model.pretrained = None
     init_default_scope(scope)
@@ -173,7 +243,7 @@ def _build_mm(cfg_path: str, impl: str, scope: str) -> Any:
         from mmseg.registry import MODELS
     import iformer_mm  # noqa: F401
     torch.manual_seed(0)
-    return revert_sync_batchnorm(MODELS.build(cfg.model))
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).to(device)
 
 
 def _det_sample(h: int, w: int, seed: int = 0) -> Any:
@@ -208,7 +278,8 @@ def _seg_sample(h: int, w: int, seed: int = 0) -> Any:
     return s
 
 
-def _attention_only(batch: int, h: int, w: int, train: bool) -> Tuple[Callable[[], Any], int]:
+def _attention_only(batch: int, h: int, w: int, train: bool,
+                    dtype: Any = None) -> Tuple[Callable[[], Any], int]:
     """A callable running just the attention calls ours makes on a ``batch x 3 x h x w``
     input (shapes recorded from one forward), with backward when ``train``; and the
     matmul FLOPs it does (forward 2 matmuls; backward 5, as the kernel recomputes QK^T)."""
@@ -229,7 +300,7 @@ def _attention_only(batch: int, h: int, w: int, train: bool) -> Tuple[Callable[[
         F.scaled_dot_product_attention = sdpa
     del model
     g = torch.Generator().manual_seed(0)
-    qkv = [[torch.randn(s, generator=g).requires_grad_(train) for _ in range(3)] for s in shapes]
+    qkv = [[torch.randn(s, generator=g).to(dtype).requires_grad_(train) for _ in range(3)] for s in shapes]
 
     def fn() -> Any:
         for q, k, v in qkv:
@@ -252,18 +323,54 @@ def _flops(module: Any, inputs: Tuple[Any, ...]) -> Optional[int]:
         return None
 
 
-def _time(fn: Callable[[], Any], repeats: int, budget: float) -> Tuple[List[float], float]:
-    """One warm-up, then up to ``repeats`` timed runs within ``budget`` seconds (>= 1)."""
-    t0 = time.perf_counter()
-    fn()
-    warm = time.perf_counter() - t0
-    n = max(1, min(repeats, int(budget // max(warm, 1e-6))))
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
+def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
+    """Seconds one call takes: wall clock on CPU; CUDA events around it on a GPU (the
+    kernels run asynchronously, so wall time would measure the launch only)."""
+    if device != 'cuda':
+        def cpu(fn: Callable[[], Any]) -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+        return cpu
+    import torch
+
+    def cuda(fn: Callable[[], Any]) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
         fn()
-        times.append(time.perf_counter() - t0)
-    return times, warm
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    return cuda
+
+
+def _time(fn: Callable[[], Any], repeats: int, budget: float,
+          device: str = 'cpu') -> Tuple[List[float], float]:
+    """One warm-up, then up to ``repeats`` timed runs within ``budget`` seconds (>= 1)."""
+    timed = _timer(device)
+    warm = timed(fn)
+    n = max(1, min(repeats, int(budget // max(warm, 1e-6))))
+    return [timed(fn) for _ in range(n)], warm
+
+
+def _autocast(device: str, dtype: str) -> Any:
+    """``torch.autocast`` for bf16/fp16 (the fp32 weights stay fp32), nothing for fp32."""
+    import torch
+    if dtype == 'fp32':
+        return nullcontext()
+    return torch.autocast(device, getattr(torch, _TORCH_DTYPE[dtype]))
+
+
+def _amp_optim_wrapper(optimizer: Any, device: str, dtype: str) -> Any:
+    """The optimizer wrapper ``tools/train.py --amp`` gives a training step in ``dtype``:
+    mmengine's ``AmpOptimWrapper`` on CUDA; on CPU the plain one (the model's features are
+    autocast instead, :func:`iformer_mm.engine.amp.autocast_features`)."""
+    from mmengine.optim import OptimWrapper
+    if dtype != 'fp32' and device == 'cuda':
+        from mmengine.optim import AmpOptimWrapper
+        return AmpOptimWrapper(optimizer=optimizer, dtype=_TORCH_DTYPE[dtype])
+    return OptimWrapper(optimizer)
 
 
 def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = True) -> Dict[str, Any]:
@@ -271,14 +378,21 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
     import torch
     import iformer_mm  # noqa: F401
     res: Dict[str, Any] = dict(c)
+    device, dtype = c.get('device', 'cpu'), c.get('dtype', 'fp32')
+    if device == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    amp = lambda: _autocast(device, dtype)  # noqa: E731  (a fresh context per call)
     if c['kind'] == 'matmul':
-        n = 4096  # fp32 sgemm, 137 GFLOP
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        times, _ = _time(lambda: a @ b, max(repeats, 5), budget)
+        n = 4096  # a plain GEMM in the case's dtype (fp32: 137 GFLOP)
+        tdt = torch.float32 if dtype == 'fp32' else getattr(torch, _TORCH_DTYPE[dtype])
+        a, b = (torch.randn(n, n).to(device, tdt) for _ in range(2))
+        times, _ = _time(lambda: a @ b, max(repeats, 5), budget, device)
         t = statistics.median(times)
         # the fastest run is the best this machine did: the reference for "% of matmul"
         res.update(times=times, median_s=t, gflops=2 * n ** 3 / min(times) / 1e9,
                    gflops_median=2 * n ** 3 / t / 1e9, peak_rss_gb=_rss_gb())
+        if device == 'cuda':
+            res['peak_cuda_gb'] = torch.cuda.max_memory_allocated() / 1e9
         return res
 
     h, w = c['shape']
@@ -293,34 +407,43 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
         res.update(flops=None if f1 is None else f1 * B)
         return res
     if c['kind'] == 'attention':
-        fn, res['attn_flops'] = _attention_only(B, h, w, train)
+        fn, res['attn_flops'] = _attention_only(
+            B, h, w, train, None if dtype == 'fp32' else getattr(torch, _TORCH_DTYPE[dtype]))
     elif c['kind'] == 'backbone':
         model = _swin_backbone() if c['impl'] == 'swin_t' else _iformer_backbone(c['impl'])
+        model.to(device)
         call = torch.compile(model) if c['impl'].endswith('+compile') else model
-        x = torch.randn(B, 3, h, w)
+        x = torch.randn(B, 3, h, w).to(device)
         if c['mode'] == 'fwd':
             model.eval()
 
             def fn() -> Any:
-                with torch.no_grad():
+                with torch.no_grad(), amp():
                     return call(x)
         else:
             model.train()
 
             def fn() -> Any:
-                out = call(x)
+                with amp():
+                    out = call(x)
                 sum(o.float().sum() for o in out).backward()
                 model.zero_grad(set_to_none=True)
     elif c['kind'] in ('maskrcnn', 'semfpn'):
         det = c['kind'] == 'maskrcnn'
         if det:
-            model = _build_mm(SWIN_DET_CFG if c['impl'] == 'swin_t' else DET_CFG, c['impl'], 'mmdet')
+            model = _build_mm(SWIN_DET_CFG if c['impl'] == 'swin_t' else DET_CFG, c['impl'], 'mmdet', device)
         else:
-            model = _build_mm(SEG_CFG, c['impl'], 'mmseg')
+            model = _build_mm(SEG_CFG, c['impl'], 'mmseg', device)
+        if dtype != 'fp32' and not (c['mode'] == 'step' and device == 'cuda'):
+            # what tools/train.py / tools/test.py --amp do: backbone + neck in the dtype, heads
+            # in fp32 (mmcv's CPU nms takes fp32 only); amp() is then a no-op for this model
+            from iformer_mm.engine.amp import autocast_features
+            autocast_features(model, dtype, device)
+            amp = lambda: nullcontext()  # noqa: E731
         if c['mode'] == 'step':
-            from mmengine.optim import OptimWrapper
             model.train()
-            optim = OptimWrapper(torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05))
+            optim = _amp_optim_wrapper(torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05),
+                                       device, dtype)
             g = torch.Generator().manual_seed(0)
             img = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
             data = dict(inputs=[img], data_samples=[_det_sample(h, w)])
@@ -330,14 +453,15 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
             def fn() -> Any:
                 return model.train_step(data, optim)
         else:
-            inputs = torch.randn(B, 3, h, w)
+            inputs = torch.randn(B, 3, h, w).to(device)
             make = _det_sample if det else _seg_sample
-            samples = [make(h, w, i) for i in range(B)]
+            samples = [make(h, w, i).to(device) for i in range(B)]
             if train:
                 model.train()
 
                 def fn() -> Any:
-                    losses = model(inputs, samples, mode='loss')
+                    with amp():
+                        losses = model(inputs, samples, mode='loss')
                     loss, _ = model.parse_losses(losses)
                     loss.backward()
                     model.zero_grad(set_to_none=True)
@@ -345,14 +469,16 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
                 model.eval()
 
                 def fn() -> Any:
-                    with torch.no_grad():
+                    with torch.no_grad(), amp():
                         return model(inputs, [s.clone() for s in samples], mode='predict')
     else:
         raise ValueError(f"unknown case kind {c['kind']!r}")
     res['base_rss_gb'] = _current_rss_gb()
-    times, warm = _time(fn, repeats, budget)
+    times, warm = _time(fn, repeats, budget, device)
     res.update(times=times, warmup_s=warm, median_s=statistics.median(times), peak_rss_gb=_rss_gb(),
                flops=flops)
+    if device == 'cuda':  # allocated by tensors since this case began (warm-up included)
+        res['peak_cuda_gb'] = torch.cuda.max_memory_allocated() / 1e9
     if count_ops and not c['impl'].endswith('+compile'):
         from iformer_mm.analysis.opcount import count_ops as run_counted
         res['aten_ops'] = run_counted(fn).total  # after timing: the counting mode is slow
@@ -397,23 +523,37 @@ _BASE = {'backbone': 'authors_sdpa', 'maskrcnn': 'reference', 'semfpn': 'referen
 _NAIVE = {'backbone': 'authors_naive', 'maskrcnn': 'naive', 'semfpn': 'naive'}
 
 
+def _peak_gb(r: Dict[str, Any]) -> Optional[float]:
+    """The memory a case is judged by: CUDA peak allocation on a GPU, else peak RSS."""
+    return r['peak_cuda_gb'] if r.get('peak_cuda_gb') is not None else r.get('peak_rss_gb')
+
+
 def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Add ratios against the baselines and Swin-T of the same (name, mode), and GFLOP/s."""
-    by = {(r['name'], r['mode'], r['impl']): r for r in results if 'median_s' in r}
+    """Add ratios against the baselines, Swin-T and fp32 of the same (name, mode, dtype),
+    and GFLOP/s (against the plain matmul of the same dtype)."""
+    def dt(r: Dict[str, Any]) -> str:
+        return r.get('dtype', 'fp32')
+    by = {(r['name'], r['mode'], r['impl'], dt(r)): r for r in results if 'median_s' in r}
     counted = {(r['name'], r['impl']): r.get('flops') for r in results if r['kind'] == 'flops'}
-    mm = next((r for r in results if r['kind'] == 'matmul' and 'gflops' in r), None)
+    mms = {dt(r): r for r in results if r['kind'] == 'matmul' and 'gflops' in r}
     rows = []
     for r in results:
         row = dict(r)
+        if 'median_s' in r:
+            row['peak_gb'] = _peak_gb(r)
         if 'median_s' in r and r['kind'] != 'matmul':
             for tag, impls in (('base', _BASE), ('naive', _NAIVE)):
-                ref = by.get((r['name'], r['mode'], impls.get(r['kind'], '')))
+                ref = by.get((r['name'], r['mode'], impls.get(r['kind'], ''), dt(r)))
                 if ref is not None:
                     row[f'time_vs_{tag}'] = r['median_s'] / ref['median_s']
-                    row[f'mem_vs_{tag}'] = r['peak_rss_gb'] / ref['peak_rss_gb']
+                    row[f'mem_vs_{tag}'] = _peak_gb(r) / _peak_gb(ref)
                     if r.get('aten_ops') and ref.get('aten_ops'):
                         row[f'ops_vs_{tag}'] = r['aten_ops'] / ref['aten_ops']
-            swin = by.get((r['name'], r['mode'], 'swin_t'))
+            fp32 = by.get((r['name'], r['mode'], r['impl'], 'fp32'))
+            if fp32 is not None and dt(r) != 'fp32':
+                row['time_vs_fp32'] = r['median_s'] / fp32['median_s']
+                row['mem_vs_fp32'] = _peak_gb(r) / _peak_gb(fp32)
+            swin = by.get((r['name'], r['mode'], 'swin_t', dt(r)))
             if swin is not None:
                 row['time_vs_swin'] = r['median_s'] / swin['median_s']
             # Achieved rate: every iFormer implementation does the same work (attention
@@ -426,6 +566,7 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 work = 2 * fl * (3 if r['mode'] == 'fwdbwd' else 1)
             if work:
                 row['gflops'] = work / r['median_s'] / 1e9
+                mm = mms.get(dt(r))
                 if mm is not None:
                     row['frac_of_matmul'] = row['gflops'] / mm['gflops']
         rows.append(row)
@@ -433,9 +574,11 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 
 # (header, key, format) of the table columns after case/mode/impl.
-COLUMNS = [('median s', 'median_s', '.3f'), ('peak RSS GB', 'peak_rss_gb', '.2f'),
+# ``peak GB``: peak RSS of the process on CPU, torch.cuda.max_memory_allocated on CUDA.
+COLUMNS = [('median s', 'median_s', '.3f'), ('peak GB', 'peak_gb', '.2f'),
            ('t/base', 'time_vs_base', '.3f'), ('mem/base', 'mem_vs_base', '.3f'),
            ('t/naive', 'time_vs_naive', '.3f'), ('t/swin', 'time_vs_swin', '.2f'),
+           ('t/fp32', 'time_vs_fp32', '.3f'), ('mem/fp32', 'mem_vs_fp32', '.3f'),
            ('ATen ops', 'aten_ops', 'd'), ('ops/base', 'ops_vs_base', '.2f'),
            ('GFLOP/s', 'gflops', '.1f'), ('%mm', 'frac_of_matmul', '.0%')]
 
@@ -447,29 +590,31 @@ def _cells(r: Dict[str, Any]) -> List[str]:
 def format_table(rows: List[Dict[str, Any]]) -> str:
     """Fixed-width text table of a run (every row but the FLOP counts)."""
     widths = [max(len(h), 9) + 1 for h, _, _ in COLUMNS]
-    head = f"{'case':<28}{'mode':<8}{'impl':<14}" + ''.join(f'{h:>{w}}' for (h, _, _), w in zip(COLUMNS, widths))
+    head = f"{'case':<28}{'mode':<8}{'impl':<14}{'dtype':<6}" + ''.join(f'{h:>{w}}' for (h, _, _), w in zip(COLUMNS, widths))
     out = [head, '-' * len(head)]
     for r in rows:
         if r['kind'] == 'flops':
             continue
-        label = 'matmul 4096^2 fp32' if r['kind'] == 'matmul' else r['name']
+        label = 'matmul 4096^2' if r['kind'] == 'matmul' else r['name']
+        lead = f"{label:<28}{r['mode']:<8}{r['impl']:<14}{r.get('dtype', 'fp32'):<6}"
         if 'error' in r:
-            out.append(f"{label:<28}{r['mode']:<8}{r['impl']:<14}  ERROR {r['error'][:80]}")
+            out.append(f"{lead}  ERROR {r['error'][:80]}")
             continue
-        out.append(f"{label:<28}{r['mode']:<8}{r['impl']:<14}"
+        out.append(lead
                    + ''.join(f'{c or "-":>{w}}' for c, w in zip(_cells(r), widths)))
     return '\n'.join(out)
 
 
 def format_markdown(rows: List[Dict[str, Any]]) -> str:
     """The same table as :func:`format_table`, as GitHub markdown (for docs)."""
-    out = ['| case | mode | impl | ' + ' | '.join(h for h, _, _ in COLUMNS) + ' |',
-           '|---|---|---|' + '---|' * len(COLUMNS)]
+    out = ['| case | mode | impl | dtype | ' + ' | '.join(h for h, _, _ in COLUMNS) + ' |',
+           '|---|---|---|---|' + '---|' * len(COLUMNS)]
     for r in rows:
         if r['kind'] == 'flops' or 'error' in r:
             continue
-        label = 'matmul 4096² fp32' if r['kind'] == 'matmul' else f"{r['name']} b{r.get('batch', 1)}"
-        out.append(f"| {label} | {r['mode']} | {r['impl']} | " + ' | '.join(_cells(r)) + ' |')
+        label = 'matmul 4096²' if r['kind'] == 'matmul' else f"{r['name']} b{r.get('batch', 1)}"
+        out.append(f"| {label} | {r['mode']} | {r['impl']} | {r.get('dtype', 'fp32')} | "
+                   + ' | '.join(_cells(r)) + ' |')
     return '\n'.join(out)
 
 
@@ -484,6 +629,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--budget', type=float, default=90.0,
                         help='seconds of timed runs per case; slow cases get fewer repeats (>= 1)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per worker (default 1)')
+    parser.add_argument('--device', choices=DEVICES, default='cpu',
+                        help='cpu (default) or cuda: the GPU table, CUDA-event timing, CUDA peak memory')
+    parser.add_argument('--dtype', nargs='+', choices=DTYPES, default=['fp32'],
+                        help='one or more of fp32 (default), bf16, fp16 (CUDA only); bf16/fp16 run '
+                             'under torch.autocast, side by side with fp32 when it is listed')
     parser.add_argument('--timeout', type=float, default=1800.0, help='seconds per case before giving up')
     parser.add_argument('--json', default=None, help='write all results (and machine info) here')
     parser.add_argument('--variants', action='store_true',
@@ -505,7 +655,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with open(args.markdown) as f:
             print(format_markdown(summarise(json.load(f)['results'])))
         return 0
-    cases = plan(args.quick, args.variants)
+    if 'fp16' in args.dtype and args.device != 'cuda':
+        print('benchmark: --dtype fp16 runs on CUDA only (CPU autocast is bf16); use --dtype bf16 '
+              'on CPU or add --device cuda.', file=sys.stderr)
+        return 2
+    cases = plan(args.quick, args.variants, args.device, args.dtype)
     if args.only:
         cases = [c for c in cases if any(s in case_id(c) for s in args.only)]
     if args.skip:
@@ -514,7 +668,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print('\n'.join(case_id(c) for c in cases))
         return 0
     import torch
-    info = dict(torch=torch.__version__, threads=args.threads, cpu_count=os.cpu_count(),
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print(f'benchmark: --device cuda needs a visible CUDA GPU, and torch {torch.__version__} sees '
+              'none (CPU build or no driver); run on a GPU machine or use --device cpu.', file=sys.stderr)
+        return 2
+    info = dict(torch=torch.__version__, threads=args.threads, cpu_count=os.cpu_count(), device=args.device,
+                gpu=torch.cuda.get_device_name() if args.device == 'cuda' else None,
                 load_start=load_avg(), started=time.strftime('%Y-%m-%d %H:%M:%S'))
     print(f"[benchmark] {len(cases)} cases, {args.threads} thread(s), load average at start "
           f"{info['load_start']}", flush=True)
@@ -527,7 +686,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             msg = f"{(r['flops'] or 0) / 1e9:.2f} GMACs forward (with attention)"
         else:
             msg = r.get('error') or (f"{r['median_s']:.3f} s (runs {['%.2f' % t for t in r['times']]}), "
-                                     f"peak RSS {r['peak_rss_gb']:.2f} GB")
+                                     f"peak {_peak_gb(r):.2f} GB")
         print(f'[benchmark] {case_id(c):<45} {msg}  load {r["load_after"]}', flush=True)
     info['load_end'] = load_avg()
     rows = summarise(results)
