@@ -323,14 +323,17 @@ def _flops(module: Any, inputs: Tuple[Any, ...]) -> Optional[int]:
         return None
 
 
-def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
-    """Seconds one call takes: wall clock on CPU; CUDA events around it on a GPU (the
-    kernels run asynchronously, so wall time would measure the launch only)."""
+def _timer(device: str, clock: str = 'wall') -> Callable[[Callable[[], Any]], float]:
+    """Seconds one call takes: on CPU the wall clock, or with ``clock='cpu'`` the process's CPU
+    time (with 1 thread, what the run costs whatever else shares the machine); CUDA events
+    around it on a GPU (the kernels run asynchronously, so wall time would measure the launch only)."""
     if device != 'cuda':
+        now = time.process_time if clock == 'cpu' else time.perf_counter
+
         def cpu(fn: Callable[[], Any]) -> float:
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            return time.perf_counter() - t0
+            return now() - t0
         return cpu
     import torch
 
@@ -346,9 +349,9 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
 
 
 def _time(fn: Callable[[], Any], repeats: int, budget: float,
-          device: str = 'cpu') -> Tuple[List[float], float]:
+          device: str = 'cpu', clock: str = 'wall') -> Tuple[List[float], float]:
     """One warm-up, then up to ``repeats`` timed runs within ``budget`` seconds (>= 1)."""
-    timed = _timer(device)
+    timed = _timer(device, clock)
     warm = timed(fn)
     n = max(1, min(repeats, int(budget // max(warm, 1e-6))))
     return [timed(fn) for _ in range(n)], warm
@@ -386,7 +389,7 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
         n = 4096  # a plain GEMM in the case's dtype (fp32: 137 GFLOP)
         tdt = torch.float32 if dtype == 'fp32' else getattr(torch, _TORCH_DTYPE[dtype])
         a, b = (torch.randn(n, n).to(device, tdt) for _ in range(2))
-        times, _ = _time(lambda: a @ b, max(repeats, 5), budget, device)
+        times, _ = _time(lambda: a @ b, max(repeats, 5), budget, device, c.get('clock', 'wall'))
         t = statistics.median(times)
         # the fastest run is the best this machine did: the reference for "% of matmul"
         res.update(times=times, median_s=t, gflops=2 * n ** 3 / min(times) / 1e9,
@@ -474,7 +477,7 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
     else:
         raise ValueError(f"unknown case kind {c['kind']!r}")
     res['base_rss_gb'] = _current_rss_gb()
-    times, warm = _time(fn, repeats, budget, device)
+    times, warm = _time(fn, repeats, budget, device, c.get('clock', 'wall'))
     res.update(times=times, warmup_s=warm, median_s=statistics.median(times), peak_rss_gb=_rss_gb(),
                flops=flops)
     if device == 'cuda':  # allocated by tensors since this case began (warm-up included)
@@ -629,6 +632,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--budget', type=float, default=90.0,
                         help='seconds of timed runs per case; slow cases get fewer repeats (>= 1)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per worker (default 1)')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help="CPU runs: 'cpu' times with the process's CPU time (1 thread: robust to other "
+                             'jobs on a shared machine); default wall clock')
     parser.add_argument('--device', choices=DEVICES, default='cpu',
                         help='cpu (default) or cuda: the GPU table, CUDA-event timing, CUDA peak memory')
     parser.add_argument('--dtype', nargs='+', choices=DTYPES, default=['fp32'],
@@ -660,6 +666,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               'on CPU or add --device cuda.', file=sys.stderr)
         return 2
     cases = plan(args.quick, args.variants, args.device, args.dtype)
+    for c in cases:
+        c['clock'] = args.clock
     if args.only:
         cases = [c for c in cases if any(s in case_id(c) for s in args.only)]
     if args.skip:
