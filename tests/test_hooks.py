@@ -125,3 +125,23 @@ def test_paper_flops_from_module_hooks():
     model.to('meta')
     flops = count_paper(model, lambda: model(x))
     assert abs(flops / 1e9 - 92.2) <= 0.5, flops / 1e9
+
+
+def test_reference_path_op_count_matches_the_authors_flow_and_does_not_grow_with_the_image():
+    """The path GPUs take (``impl='reference'``) issues about as many ATen ops per forward+backward
+    as the released data flow with SDPA (each op is a kernel launch on a GPU), at any image size."""
+    from iformer_mm.analysis.baselines import AuthorsIFormer
+    from iformer_mm.analysis.opcount import count_ops
+    torch.manual_seed(0)
+    ref = IFormer('small', out_norm=False, drop_path_rate=0.0, impl='reference').train()
+    authors = AuthorsIFormer('small', attn='sdpa').train()
+    authors.load_state_dict(ref.state_dict())
+
+    def step(model, h, w):
+        x = torch.randn(1, 3, h, w)
+        return lambda: sum(o.sum() for o in model(x)).backward()
+    counts = {size: count_ops(step(ref, *size)).total for size in [(64, 96), (128, 192)]}
+    base = count_ops(step(authors, 64, 96)).total
+    # not growing with the image (odd small maps cost a few crop ops more)
+    assert counts[(128, 192)] <= counts[(64, 96)] <= 1.01 * counts[(128, 192)], counts
+    assert counts[(64, 96)] <= 1.1 * base, (counts, base)
