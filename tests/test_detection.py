@@ -150,8 +150,11 @@ def test_train_flags(tmp_path):
     cfg = train.build_cfg(train.parse_args([cfg_path, '--resume', 'a/epoch_3.pth', '--work-dir', 'w']))
     assert (cfg.resume, cfg.load_from, cfg.work_dir) == (True, 'a/epoch_3.pth', 'w')
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match='--amp needs a CUDA GPU'):
-            train.build_cfg(train.parse_args([cfg_path, '--amp']))
+        # a bare --amp is bf16 on CPU (backbone + neck autocast); fp16 needs a GPU
+        cfg = train.build_cfg(train.parse_args([cfg_path, '--amp']))
+        assert dict(type='iformer_mm.FeatureAutocastHook', dtype='bf16') in cfg.custom_hooks
+        with pytest.raises(SystemExit, match='--amp fp16 needs a CUDA GPU'):
+            train.build_cfg(train.parse_args([cfg_path, '--amp', 'fp16']))
 
 
 def test_test_flags(tmp_path):
