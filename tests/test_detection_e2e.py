@@ -61,10 +61,11 @@ log_processor = dict(window_size=1)
 '''
 
 
-def _write_cfg(path: Path, tiny_coco_dir: Path, nval: int = 3) -> Path:
+def _write_cfg(path: Path, tiny_coco_dir: Path, nval: int = 3, base: Path = S_CONFIG) -> Path:
+    """The tiny training config over ``base`` (any detection config) on ``tiny_coco_dir``."""
     cats = json.loads((tiny_coco_dir / 'annotations' / 'instances_train2017.json').read_text())['categories']
     classes = tuple(c['name'] for c in sorted(cats, key=lambda c: c['id']))
-    path.write_text(TINY_CONFIG.format(base=str(S_CONFIG), root=str(tiny_coco_dir), classes=classes,
+    path.write_text(TINY_CONFIG.format(base=str(base), root=str(tiny_coco_dir), classes=classes,
                                        s=SCALE, nval=nval))
     return path
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import sys
-from pathlib import Path
 
 import pytest
 
-from test_detection_e2e import REPO, SCALE, TINY_CONFIG, _ckpt_meta, _run
+from test_detection_e2e import REPO, _ckpt_meta, _run, _write_cfg
 from test_segmentation_e2e import ade_dir, metrics, python_tool, write_tiny_config  # noqa: F401 (fixture)
 
 pytest.importorskip('mmdet')
@@ -24,8 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize('config', ['mask_rcnn_caformer_s18_1x.py', 'mask_rcnn_poolformer_s12_1x.py'])
 def test_mask_rcnn_trains_then_tests(config, tiny_coco_dir, tmp_path):
     cfg = tmp_path / 'tiny.py'
-    cfg.write_text(TINY_CONFIG.format(base=str(REPO / 'configs' / 'detection' / config),
-                                      root=str(tiny_coco_dir), s=SCALE, nval=2))
+    _write_cfg(cfg, tiny_coco_dir, nval=2, base=REPO / 'configs' / 'detection' / config)
     wd = tmp_path / 'wd'
     out = _run([sys.executable, REPO / 'tools' / 'train.py', cfg, '--work-dir', wd], REPO)
     assert 'Epoch(train) [1][2/2]' in out

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from test_detection_e2e import TINY_CONFIG as DET_TINY_CONFIG
-from test_detection_e2e import SCALE, _run
+from test_detection_e2e import _run, _write_cfg
 from test_segmentation_e2e import ade_dir, metrics, python_tool, write_tiny_config  # noqa: F401 (fixture)
 
 pytest.importorskip('timm.models.iformer')
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_mask_rcnn_mobile_iformer_m_trains_then_tests(repo_root, tiny_coco_dir, tmp_path):
     base = repo_root / 'configs' / 'detection' / 'mask_rcnn_mobile_iformer_m_1x.py'
     cfg = tmp_path / 'tiny_mobile_m.py'
-    cfg.write_text(DET_TINY_CONFIG.format(base=str(base), root=str(tiny_coco_dir), s=SCALE, nval=2))
+    _write_cfg(cfg, tiny_coco_dir, nval=2, base=base)
     wd = tmp_path / 'wd'
     out = _run([sys.executable, repo_root / 'tools' / 'train.py', cfg, '--work-dir', wd], repo_root)
     assert 'Epoch(train) [1][2/2]' in out
