@@ -149,10 +149,11 @@ def test_kernels_equal_the_reference_under_bf16_autocast_forward_and_backward():
 
 @pytest.mark.slow
 def test_demo_with_amp_bf16(tmp_path):
-    """tools/demo.py --amp bf16 trains, evaluates and paints with the bf16 backbone (tiny run)."""
+    """tools/demo.py --amp bf16 trains, evaluates and paints with the bf16 backbone (tiny run;
+    --verbose shows mmengine's log, where the hook says what it does)."""
     from test_detection_e2e import _run  # tests/ is on sys.path under pytest
     out = _run([sys.executable, REPO / 'tools' / 'demo.py', '--amp', 'bf16', '--iters', '2', '--num-train', '8',
-                '--num-val', '2', '--threads', '1', '--work-dir', tmp_path / 'demo'], REPO)
+                '--num-val', '2', '--threads', '1', '--verbose', '--work-dir', tmp_path / 'demo'], REPO)
     assert 'FeatureAutocastHook: backbone and neck run under bf16 autocast on cpu' in out
     assert re.search(r'box AP\s+\d\.\d{3}\s+\d\.\d{3}', out)
     assert (tmp_path / 'demo' / 'demo_predictions.jpg').is_file()
