@@ -81,9 +81,12 @@ def test_apply_amp_on_cpu_and_its_errors():
                       custom_hooks=[dict(type='iformer_mm.RNGStateHook')]))
     apply_amp(cfg, 'bf16', training=True)
     assert cfg.optim_wrapper.type == 'OptimWrapper'  # mmengine's AmpOptimWrapper asserts a GPU
-    assert cfg.custom_hooks[-1] == dict(type='iformer_mm.FeatureAutocastHook', dtype='bf16')
+    # training keeps fp32 weights for the optimizer; a test run stores them in bf16
+    assert cfg.custom_hooks[-1] == dict(type='iformer_mm.FeatureAutocastHook', dtype='bf16',
+                                        inference=False)
     apply_amp(cfg, 'bf16', training=False)  # not added twice
     assert [h['type'] for h in cfg.custom_hooks].count('iformer_mm.FeatureAutocastHook') == 1
+    assert cfg.custom_hooks[-1]['inference'] is True
     with pytest.raises(SystemExit, match='--amp fp16 needs a CUDA GPU.*--amp bf16'):
         apply_amp(cfg, 'fp16', training=False)
     with pytest.raises(ValueError, match='dtype must be one of'):
@@ -157,3 +160,84 @@ def test_demo_with_amp_bf16(tmp_path):
     assert 'FeatureAutocastHook: backbone and neck run under bf16 autocast on cpu' in out
     assert re.search(r'box AP\s+\d\.\d{3}\s+\d\.\d{3}', out)
     assert (tmp_path / 'demo' / 'demo_predictions.jpg').is_file()
+
+
+def test_storing_weights_in_bf16_changes_nothing_under_autocast_but_the_casts():
+    """cast_matmul_weights (tools/test.py --amp bf16): the same outputs, bit for bit, as casting
+    on every forward; the norms, position tables and layer scales stay fp32; the CPU kernels
+    still run; and every forward saves one cast per conv/linear weight."""
+    from iformer_mm.engine.amp import cast_matmul_weights
+    from iformer_mm.models.backbone import IFormer
+    from iformer_mm.analysis.opcount import count_ops
+    torch.manual_seed(0)
+    bb = IFormer('small', drop_path_rate=0.0).eval()
+    x = torch.randn(1, 3, 96, 128)
+
+    def run():
+        with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
+            return bb(x)
+    before, ops_before = run(), count_ops(run).total
+    n = cast_matmul_weights(bb, 'bf16')
+    after, ops_after = run(), count_ops(run).total
+    for a, b in zip(after, before):
+        assert torch.equal(a, b)
+    lowp = {n for n, p in bb.named_parameters() if p.dtype == torch.bfloat16}
+    assert len(lowp) == n and all(('.weight' in k or '.bias' in k) for k in lowp)
+    assert all(p.dtype == torch.float32 for k, p in bb.named_parameters()
+               if 'norm' in k or 'pos_embed' in k or 'layer_scale' in k)
+    assert not any('norm' in k for k in lowp)
+    assert ops_after < ops_before
+    with pytest.raises(ValueError, match='dtype must be one of'):
+        cast_matmul_weights(bb, 'int8')
+
+
+def test_the_test_run_hook_puts_heads_in_bf16_after_loading_the_checkpoint(det_model):
+    """FeatureAutocastHook(inference=True) acts in before_test (after Runner.test() has loaded
+    the checkpoint): backbone, neck and the dense heads' conv/linear weights in bf16, norms
+    fp32; the predictions stay fp32 and close to fp32's. A training run's hook never casts."""
+    import copy
+    import logging
+    from types import SimpleNamespace
+    model = copy.deepcopy(det_model).eval()
+    h = w = 128
+    data = dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8)],
+                data_samples=[bench._det_sample(h, w)])
+    roi_feats = torch.randn(8, 256, 7, 7, generator=torch.Generator().manual_seed(0))
+    mask_feats = torch.randn(8, 256, 14, 14, generator=torch.Generator().manual_seed(1))
+
+    def head_outputs():
+        with torch.no_grad():
+            feats = model.extract_feat(model.data_preprocessor(copy.deepcopy(data), False)['inputs'])
+            return [*model.rpn_head(feats)[0], *model.roi_head.bbox_head(roi_feats),
+                    model.roi_head.mask_head(mask_feats)]
+    ref = head_outputs()
+    runner = SimpleNamespace(model=model, logger=logging.getLogger('t'))
+    train_hook = FeatureAutocastHook('bf16')
+    train_hook.before_run(runner)
+    train_hook.before_test(runner)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    test_hook = FeatureAutocastHook('bf16', inference=True)
+    test_hook.before_run(runner)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the checkpoint loads next
+    test_hook.before_test(runner)
+    bf16 = {n for n, p in model.named_parameters() if p.dtype == torch.bfloat16}
+    for name in ('backbone.blocks1.0.mlp.fc1.weight', 'neck.fpn_convs.0.conv.weight', 'rpn_head.rpn_conv.weight',
+                 'roi_head.bbox_head.shared_fcs.0.weight', 'roi_head.mask_head.convs.0.conv.weight'):
+        assert name in bf16
+    assert not any('norm' in n for n in bf16)
+    seen = {}
+    hks = [model.rpn_head.rpn_conv.register_forward_hook(lambda m, i, o: seen.__setitem__('rpn', o.dtype)),
+           model.roi_head.bbox_head.shared_fcs[0].register_forward_hook(
+               lambda m, i, o: seen.__setitem__('box_fc', o.dtype))]
+    try:
+        with torch.no_grad():
+            out = model.test_step(copy.deepcopy(data))[0].pred_instances
+    finally:
+        for hk in hks:
+            hk.remove()
+    assert seen == {'rpn': torch.bfloat16, 'box_fc': torch.bfloat16}
+    assert out.bboxes.dtype == out.scores.dtype == torch.float32
+    for o, r in zip(head_outputs(), ref):  # RPN scores, box scores/deltas, mask logits
+        assert o.dtype == torch.float32
+        err = ((o - r).norm() / r.norm()).item()
+        assert 0 < err < 0.02, err
