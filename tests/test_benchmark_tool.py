@@ -35,10 +35,53 @@ def test_ratios_and_rates():
     assert rows['swin_t']['gflops'] == pytest.approx(2 * 5 * 3 / 1.5)
     assert rows['sdpa_only']['gflops'] == pytest.approx(35.0)  # its own attention FLOPs
     md = bench.format_markdown(bench.summarise(results)).splitlines()
-    assert md[0].startswith('| case | mode | impl | dtype | median s | peak GB | t/base')
-    assert any('| ours | fp32 | 3.000 | 2.00 | 0.750 | 0.500 | 0.300 | 2.00 |  |  | 4000 | 2.00 | 20.0 | 20% |' in line
-               for line in md)
+    assert md[0].startswith('| case | mode | impl | dtype | threads | median s | peak GB | t/base')
+    assert any('| ours | fp32 | 1 | 3.000 | 2.00 | 0.750 | 0.500 | 0.300 | 2.00 |  |  | 4000 | 2.00 | 20.0 | 20% |  |'
+               in line for line in md)
     assert 'ATen ops' in bench.format_table(bench.summarise(results))
+
+
+def test_threads_run_side_by_side_and_the_bf16_ceiling_follows_amdahl():
+    """--threads 1 2: every timed case once per thread count (FLOPs once), ratios only within
+    a thread count; an fp32 row with a breakdown gets its bf16 ceiling from the matmul's and
+    the attention kernel's measured bf16 speed-ups."""
+    cases = bench.plan(quick=True, dtypes=('fp32', 'bf16'), threads=(1, 2))
+    ids = [bench.case_id(c) for c in cases]
+    assert len(ids) == len(set(ids))
+    assert 'backbone_224/fwd/ours@bf16#2t' in ids and 'backbone_224/fwd/ours' in ids
+    assert sum(c['kind'] == 'flops' for c in cases) == sum(c['kind'] == 'flops' for c in bench.plan(quick=True))
+    bd = dict(attention=1.0, conv=1.0, gemm=2.0, copy=0.0, other=0.0)  # 25 % attention
+    results = []
+    for n in (1, 2):
+        results += [
+            dict(kind='matmul', name='matmul_fp32', impl='-', mode='fwd', dtype='fp32', threads=n, median_s=2.4 / n, gflops=1.0),
+            dict(kind='matmul', name='matmul_bf16', impl='-', mode='fwd', dtype='bf16', threads=n, median_s=1.0 / n, gflops=2.4),
+            _row('sdpa_only', 1.0, 1.0, kind='attention', dtype='fp32', threads=n),
+            _row('sdpa_only', 1.0, 1.0, kind='attention', dtype='bf16', threads=n),
+            _row('ours', 4.0 / n, 2.0, dtype='fp32', threads=n, breakdown=bd),
+            _row('ours', 2.0 / n, 2.0, dtype='bf16', threads=n)]
+    rows = [r for r in bench.summarise(results) if r['impl'] == 'ours']
+    for r in rows:
+        if r['dtype'] == 'bf16':
+            assert r['time_vs_fp32'] == pytest.approx(0.5)  # never across thread counts
+        else:
+            assert r['bf16_ceiling'] == pytest.approx(1 / (0.25 / 1.0 + 0.75 / 2.4))
+    table = bench.format_breakdown(bench.summarise(results))
+    assert '| bb b1 | fwdbwd | ours | fp32 | 2 | 4.000 | 25% | 25% | 50% | 0% | 0% |' in table
+
+
+def test_bf16_inference_rows_store_bf16_weights_and_the_breakdown_accounts_for_the_step():
+    """A bf16 forward row is inference as tools/test.py --amp bf16 runs it (conv/linear weights
+    stored in bf16, for every model); the profiled breakdown covers the step, attention included."""
+    c = dict(kind='backbone', name='bb', impl='ours', mode='fwd', shape=[64, 96], batch=1, dtype='bf16',
+             device='cpu', clock='cpu')
+    res = bench.run_case(c, repeats=1, budget=1, count_ops=False, breakdown=True)
+    assert res['weights'] == 'bf16'
+    bd = res['breakdown']
+    assert set(bd) == set(bench.BREAKDOWN) and bd['attention'] > 0 and bd['gemm'] > 0
+    assert 0.2 * res['median_s'] < sum(bd.values()) < 5 * res['median_s']
+    res = bench.run_case(dict(c, impl='swin_t'), repeats=1, budget=1, count_ops=False)
+    assert res['weights'] == 'bf16'
 
 
 def test_every_case_id_is_unique_and_acceptance_rows_are_planned():

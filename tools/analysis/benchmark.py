@@ -24,8 +24,15 @@ s/iter of a full training step (forward, backward, AdamW step) for Mask R-CNN iF
 and mmdet's Swin-T Mask R-CNN at 800x1333, batch 1.
 
 Devices and precisions: ``--device cpu|cuda`` and ``--dtype fp32 [bf16 fp16]`` (several
-dtypes run side by side; bf16/fp16 run the fp32 weights under ``torch.autocast``, fp16 only
-on CUDA; a ``t/fp32`` column compares each row with the same row in fp32). ``ours`` is
+dtypes run side by side, fp16 only on CUDA; a ``t/fp32`` column compares each row with the
+same row in fp32). Reduced precision runs under ``torch.autocast``: training rows (fwd+bwd,
+train step) on fp32 weights, as ``tools/train.py --amp`` trains; forward rows as
+``tools/test.py --amp`` infers, with conv/linear weights stored in the dtype
+(:func:`iformer_mm.engine.amp.cast_matmul_weights`), for every model alike, baselines included.
+``--threads 1 2`` runs every case with each thread count, side by side.
+``--breakdown`` profiles one more run per case: the share of attention, convolutions, GEMMs,
+copies and the rest, and for fp32 rows the most bf16 could gain on this machine
+(:func:`bf16_ceiling`, Amdahl with the measured matmul and attention-kernel speed-ups). ``ours`` is
 built with ``impl='fast'``: the kernels of :mod:`iformer_mm.ops` run wherever they are
 structurally allowed, also on (device, dtype) pairs where ``impl='auto'`` would not pick them
 yet, so the benchmark is what decides :data:`iformer_mm.ops.dispatch.MEASURED_WINS`.
@@ -43,7 +50,7 @@ Usage::
     python tools/analysis/benchmark.py --variants --only ours+   # with_cp / windowed / compile
 
 Threads: ``--threads`` (default 1: reproducible on a shared machine; use the number of
-physical cores on an idle one).
+physical cores on an idle one, or several counts side by side: ``--threads 1 2``).
 """
 from __future__ import annotations
 
@@ -75,24 +82,26 @@ _TORCH_DTYPE = {'bf16': 'bfloat16', 'fp16': 'float16'}
 
 # ============================================================================ the cases
 def plan(quick: bool, variants: bool = False, device: str = 'cpu',
-         dtypes: Sequence[str] = ('fp32',)) -> List[Dict[str, Any]]:
+         dtypes: Sequence[str] = ('fp32',), threads: Sequence[int] = (1,)) -> List[Dict[str, Any]]:
     """Every measured configuration, in run order (acceptance cases first).
 
-    Each timed case is repeated for every entry of ``dtypes`` (FLOP counts once); every case
-    carries its ``device`` and ``dtype``.
+    Each timed case is repeated for every entry of ``dtypes`` and of ``threads`` (FLOP counts
+    once); every case carries its ``device``, ``dtype`` and ``threads``.
     """
     if device == 'cuda':
         cases = _plan_cuda(quick)
     else:
         cases = _plan_cpu(quick, variants)
     out: List[Dict[str, Any]] = []
-    for c in cases:
-        if c['kind'] == 'flops':
-            out.append(dict(c, device=device, dtype='fp32'))
-            continue
-        for dt in dtypes:
-            name = f'matmul_{dt}' if c['kind'] == 'matmul' else c['name']
-            out.append(dict(c, name=name, device=device, dtype=dt))
+    for n in threads:
+        for c in cases:
+            if c['kind'] == 'flops':
+                if n == threads[0]:
+                    out.append(dict(c, device=device, dtype='fp32', threads=n))
+                continue
+            for dt in dtypes:
+                name = f'matmul_{dt}' if c['kind'] == 'matmul' else c['name']
+                out.append(dict(c, name=name, device=device, dtype=dt, threads=n))
     return out
 
 
@@ -158,9 +167,10 @@ def _plan_cpu(quick: bool, variants: bool) -> List[Dict[str, Any]]:
 
 
 def case_id(c: Dict[str, Any]) -> str:
-    """``name/mode/impl``, with ``@dtype`` appended for every dtype but fp32."""
-    dt = c.get('dtype', 'fp32')
-    return f"{c['name']}/{c['mode']}/{c['impl']}" + ('' if dt == 'fp32' else f'@{dt}')
+    """``name/mode/impl``, with ``@dtype`` for every dtype but fp32 and ``#Nt`` for N > 1 threads."""
+    dt, n = c.get('dtype', 'fp32'), c.get('threads', 1)
+    return (f"{c['name']}/{c['mode']}/{c['impl']}" + ('' if dt == 'fp32' else f'@{dt}')
+            + ('' if n == 1 else f'#{n}t'))
 
 
 # ============================================================================ worker side
@@ -376,8 +386,31 @@ def _amp_optim_wrapper(optimizer: Any, device: str, dtype: str) -> Any:
     return OptimWrapper(optimizer)
 
 
-def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = True) -> Dict[str, Any]:
-    """Measure one configuration in this process (time, peak RSS, then ATen ops of one step)."""
+# Where a step's CPU time goes (``--breakdown``): ATen ops by self time, in these groups.
+_OP_GROUPS = (('attention', ('attention',)), ('conv', ('conv',)),
+              ('gemm', ('addmm', 'aten::mm', 'bmm', 'matmul', 'linear')),
+              ('copy', ('copy_', '_to_copy', 'clone', 'contiguous', 'cat')))
+BREAKDOWN = tuple(g for g, _ in _OP_GROUPS) + ('other',)
+
+
+def op_breakdown(fn: Callable[[], Any]) -> Dict[str, float]:
+    """Self CPU seconds of one run of ``fn`` per op group (:data:`BREAKDOWN`), from the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    out = dict.fromkeys(BREAKDOWN, 0.0)
+    for ev in prof.key_averages():
+        if not ev.key.startswith('aten::'):
+            continue  # Python-level and autograd wrappers: their ops are counted themselves
+        group = next((g for g, keys in _OP_GROUPS if any(k in ev.key for k in keys)), 'other')
+        out[group] += ev.self_cpu_time_total / 1e6
+    return out
+
+
+def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = True,
+             breakdown: bool = False) -> Dict[str, Any]:
+    """Measure one configuration in this process (time, peak RSS, then ATen ops of one step,
+    and with ``breakdown`` the profiler's self time per op group)."""
     import torch
     import iformer_mm  # noqa: F401
     res: Dict[str, Any] = dict(c)
@@ -419,6 +452,9 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
         x = torch.randn(B, 3, h, w).to(device)
         if c['mode'] == 'fwd':
             model.eval()
+            if dtype != 'fp32':  # inference as tools/test.py --amp runs it, for every model
+                from iformer_mm.engine.amp import cast_matmul_weights
+                res['weights'] = dtype if cast_matmul_weights(model, dtype) else 'fp32'
 
             def fn() -> Any:
                 with torch.no_grad(), amp():
@@ -441,7 +477,7 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
             # what tools/train.py / tools/test.py --amp do: backbone + neck in the dtype, heads
             # in fp32 (mmcv's CPU nms takes fp32 only); amp() is then a no-op for this model
             from iformer_mm.engine.amp import autocast_features
-            autocast_features(model, dtype, device)
+            autocast_features(model, dtype, device, inference=c['mode'] == 'fwd')
             amp = lambda: nullcontext()  # noqa: E731
         if c['mode'] == 'step':
             model.train()
@@ -485,23 +521,28 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
     if count_ops and not c['impl'].endswith('+compile'):
         from iformer_mm.analysis.opcount import count_ops as run_counted
         res['aten_ops'] = run_counted(fn).total  # after timing: the counting mode is slow
+    if breakdown and device == 'cpu' and not c['impl'].endswith('+compile'):
+        res['breakdown'] = op_breakdown(fn)
     return res
 
 
-def worker_main(spec: str, repeats: int, budget: float, threads: int, count_ops: bool) -> None:
+def worker_main(spec: str, repeats: int, budget: float, count_ops: bool, breakdown: bool) -> None:
     import torch
-    torch.set_num_threads(threads)
     c = json.loads(spec)
-    print('@@RESULT ' + json.dumps(run_case(c, repeats, budget, count_ops)), flush=True)
+    torch.set_num_threads(c.get('threads', 1))
+    print('@@RESULT ' + json.dumps(run_case(c, repeats, budget, count_ops, breakdown)), flush=True)
 
 
 # ============================================================================ driver
 def run_in_subprocess(c: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    n = str(c.get('threads', 1))
+    env = dict(os.environ, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n)
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(c),
-           '--repeats', str(args.repeats), '--budget', str(args.budget), '--threads', str(args.threads)]
+           '--repeats', str(args.repeats), '--budget', str(args.budget)]
     if args.no_ops:
         cmd.append('--no-ops')
+    if args.breakdown:
+        cmd.append('--breakdown')
     t0 = time.time()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     for line in p.stdout.splitlines():
@@ -531,14 +572,34 @@ def _peak_gb(r: Dict[str, Any]) -> Optional[float]:
     return r['peak_cuda_gb'] if r.get('peak_cuda_gb') is not None else r.get('peak_rss_gb')
 
 
+def bf16_ceiling(fp32_row: Dict[str, Any], mm_speedup: float, attn_speedup: float) -> Optional[float]:
+    """The most bf16 can speed up an fp32 case on this machine, from its op breakdown.
+
+    Generous on purpose: every op but attention is granted the plain matmul's bf16 speed-up
+    (memory-bound ops can gain at most 2x from halving their bytes, convs and GEMMs at most
+    the matmul's), attention the speed-up PyTorch's fused kernel measured on the same shapes
+    (``sdpa_only``). Amdahl: ``1 / (f_attn / attn_speedup + (1 - f_attn) / mm_speedup)``.
+    """
+    bd = fp32_row.get('breakdown')
+    if not bd or not mm_speedup or not attn_speedup:
+        return None
+    total = sum(bd.values())
+    f_attn = bd.get('attention', 0.0) / total if total else 0.0
+    return 1.0 / (f_attn / attn_speedup + (1.0 - f_attn) / mm_speedup)
+
+
 def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Add ratios against the baselines, Swin-T and fp32 of the same (name, mode, dtype),
-    and GFLOP/s (against the plain matmul of the same dtype)."""
+    """Add ratios against the baselines, Swin-T and fp32 of the same (name, mode, dtype,
+    threads), GFLOP/s (against the plain matmul of the same dtype and threads) and, for fp32
+    rows with a breakdown, the bf16 ceiling (:func:`bf16_ceiling`)."""
     def dt(r: Dict[str, Any]) -> str:
         return r.get('dtype', 'fp32')
-    by = {(r['name'], r['mode'], r['impl'], dt(r)): r for r in results if 'median_s' in r}
+
+    def th(r: Dict[str, Any]) -> int:
+        return r.get('threads', 1)
+    by = {(r['name'], r['mode'], r['impl'], dt(r), th(r)): r for r in results if 'median_s' in r}
     counted = {(r['name'], r['impl']): r.get('flops') for r in results if r['kind'] == 'flops'}
-    mms = {dt(r): r for r in results if r['kind'] == 'matmul' and 'gflops' in r}
+    mms = {(dt(r), th(r)): r for r in results if r['kind'] == 'matmul' and 'gflops' in r}
     rows = []
     for r in results:
         row = dict(r)
@@ -546,17 +607,24 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             row['peak_gb'] = _peak_gb(r)
         if 'median_s' in r and r['kind'] != 'matmul':
             for tag, impls in (('base', _BASE), ('naive', _NAIVE)):
-                ref = by.get((r['name'], r['mode'], impls.get(r['kind'], ''), dt(r)))
+                ref = by.get((r['name'], r['mode'], impls.get(r['kind'], ''), dt(r), th(r)))
                 if ref is not None:
                     row[f'time_vs_{tag}'] = r['median_s'] / ref['median_s']
                     row[f'mem_vs_{tag}'] = _peak_gb(r) / _peak_gb(ref)
                     if r.get('aten_ops') and ref.get('aten_ops'):
                         row[f'ops_vs_{tag}'] = r['aten_ops'] / ref['aten_ops']
-            fp32 = by.get((r['name'], r['mode'], r['impl'], 'fp32'))
+            fp32 = by.get((r['name'], r['mode'], r['impl'], 'fp32', th(r)))
             if fp32 is not None and dt(r) != 'fp32':
                 row['time_vs_fp32'] = r['median_s'] / fp32['median_s']
                 row['mem_vs_fp32'] = _peak_gb(r) / _peak_gb(fp32)
-            swin = by.get((r['name'], r['mode'], 'swin_t', dt(r)))
+            if dt(r) == 'fp32' and r.get('breakdown'):
+                mm32, mm16 = mms.get(('fp32', th(r))), mms.get(('bf16', th(r)))
+                a32 = by.get((r['name'], r['mode'], 'sdpa_only', 'fp32', th(r)))
+                a16 = by.get((r['name'], r['mode'], 'sdpa_only', 'bf16', th(r)))
+                if mm32 and mm16 and a32 and a16:
+                    row['bf16_ceiling'] = bf16_ceiling(r, mm32['median_s'] / mm16['median_s'],
+                                                       a32['median_s'] / a16['median_s'])
+            swin = by.get((r['name'], r['mode'], 'swin_t', dt(r), th(r)))
             if swin is not None:
                 row['time_vs_swin'] = r['median_s'] / swin['median_s']
             # Achieved rate: every iFormer implementation does the same work (attention
@@ -569,7 +637,7 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 work = 2 * fl * (3 if r['mode'] == 'fwdbwd' else 1)
             if work:
                 row['gflops'] = work / r['median_s'] / 1e9
-                mm = mms.get(dt(r))
+                mm = mms.get((dt(r), th(r)))
                 if mm is not None:
                     row['frac_of_matmul'] = row['gflops'] / mm['gflops']
         rows.append(row)
@@ -583,7 +651,8 @@ COLUMNS = [('median s', 'median_s', '.3f'), ('peak GB', 'peak_gb', '.2f'),
            ('t/naive', 'time_vs_naive', '.3f'), ('t/swin', 'time_vs_swin', '.2f'),
            ('t/fp32', 'time_vs_fp32', '.3f'), ('mem/fp32', 'mem_vs_fp32', '.3f'),
            ('ATen ops', 'aten_ops', 'd'), ('ops/base', 'ops_vs_base', '.2f'),
-           ('GFLOP/s', 'gflops', '.1f'), ('%mm', 'frac_of_matmul', '.0%')]
+           ('GFLOP/s', 'gflops', '.1f'), ('%mm', 'frac_of_matmul', '.0%'),
+           ('bf16 max', 'bf16_ceiling', '.2f')]
 
 
 def _cells(r: Dict[str, Any]) -> List[str]:
@@ -593,13 +662,14 @@ def _cells(r: Dict[str, Any]) -> List[str]:
 def format_table(rows: List[Dict[str, Any]]) -> str:
     """Fixed-width text table of a run (every row but the FLOP counts)."""
     widths = [max(len(h), 9) + 1 for h, _, _ in COLUMNS]
-    head = f"{'case':<28}{'mode':<8}{'impl':<14}{'dtype':<6}" + ''.join(f'{h:>{w}}' for (h, _, _), w in zip(COLUMNS, widths))
+    head = (f"{'case':<28}{'mode':<8}{'impl':<14}{'dtype':<6}{'thr':>4}"
+            + ''.join(f'{h:>{w}}' for (h, _, _), w in zip(COLUMNS, widths)))
     out = [head, '-' * len(head)]
     for r in rows:
         if r['kind'] == 'flops':
             continue
         label = 'matmul 4096^2' if r['kind'] == 'matmul' else r['name']
-        lead = f"{label:<28}{r['mode']:<8}{r['impl']:<14}{r.get('dtype', 'fp32'):<6}"
+        lead = f"{label:<28}{r['mode']:<8}{r['impl']:<14}{r.get('dtype', 'fp32'):<6}{r.get('threads', 1):>4}"
         if 'error' in r:
             out.append(f"{lead}  ERROR {r['error'][:80]}")
             continue
@@ -610,14 +680,28 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 
 def format_markdown(rows: List[Dict[str, Any]]) -> str:
     """The same table as :func:`format_table`, as GitHub markdown (for docs)."""
-    out = ['| case | mode | impl | dtype | ' + ' | '.join(h for h, _, _ in COLUMNS) + ' |',
-           '|---|---|---|---|' + '---|' * len(COLUMNS)]
+    out = ['| case | mode | impl | dtype | threads | ' + ' | '.join(h for h, _, _ in COLUMNS) + ' |',
+           '|---|---|---|---|---|' + '---|' * len(COLUMNS)]
     for r in rows:
         if r['kind'] == 'flops' or 'error' in r:
             continue
         label = 'matmul 4096²' if r['kind'] == 'matmul' else f"{r['name']} b{r.get('batch', 1)}"
-        out.append(f"| {label} | {r['mode']} | {r['impl']} | {r.get('dtype', 'fp32')} | "
+        out.append(f"| {label} | {r['mode']} | {r['impl']} | {r.get('dtype', 'fp32')} | {r.get('threads', 1)} | "
                    + ' | '.join(_cells(r)) + ' |')
+    return '\n'.join(out)
+
+
+def format_breakdown(rows: List[Dict[str, Any]]) -> str:
+    """Markdown: the share of each op group in the profiled step of every case that has one."""
+    out = ['| case | mode | impl | dtype | threads | profiled s | '
+           + ' | '.join(BREAKDOWN) + ' |', '|---|---|---|---|---|---|' + '---|' * len(BREAKDOWN)]
+    for r in rows:
+        bd = r.get('breakdown')
+        if not bd:
+            continue
+        total = sum(bd.values()) or 1.0
+        out.append(f"| {r['name']} b{r.get('batch', 1)} | {r['mode']} | {r['impl']} | {r.get('dtype', 'fp32')} | "
+                   f"{r.get('threads', 1)} | {total:.3f} | " + ' | '.join(f'{bd[g] / total:.0%}' for g in BREAKDOWN) + ' |')
     return '\n'.join(out)
 
 
@@ -631,7 +715,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--repeats', type=int, default=None, help='timed runs after warm-up (default 3, quick 1)')
     parser.add_argument('--budget', type=float, default=90.0,
                         help='seconds of timed runs per case; slow cases get fewer repeats (>= 1)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads per worker (default 1)')
+    parser.add_argument('--threads', type=int, nargs='+', default=[1],
+                        help='torch threads per worker (default 1); several (e.g. 1 2) run every case '
+                             'with each, side by side')
     parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
                         help="CPU runs: 'cpu' times with the process's CPU time (1 thread: robust to other "
                              'jobs on a shared machine); default wall clock')
@@ -647,6 +733,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              'at the largest size')
     parser.add_argument('--no-ops', action='store_true',
                         help='skip counting ATen ops per step (one extra, slower run per case)')
+    parser.add_argument('--breakdown', action='store_true',
+                        help="CPU: one extra profiled run per case; where the time goes (attention, conv, "
+                             "GEMM, copies, other) and each fp32 row's bf16 ceiling (needs the matmul and "
+                             'sdpa_only rows in fp32 and bf16)')
     parser.add_argument('--list', action='store_true', help='print the case ids and exit')
     parser.add_argument('--markdown', metavar='JSON', default=None,
                         help='print the table of an earlier --json run as markdown and exit')
@@ -655,17 +745,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     if args.worker:
-        worker_main(args.worker, args.repeats, args.budget, args.threads, not args.no_ops)
+        worker_main(args.worker, args.repeats, args.budget, not args.no_ops, args.breakdown)
         return 0
     if args.markdown:
         with open(args.markdown) as f:
-            print(format_markdown(summarise(json.load(f)['results'])))
+            rows = summarise(json.load(f)['results'])
+        print(format_markdown(rows))
+        if any(r.get('breakdown') for r in rows):
+            print()
+            print(format_breakdown(rows))
         return 0
     if 'fp16' in args.dtype and args.device != 'cuda':
         print('benchmark: --dtype fp16 runs on CUDA only (CPU autocast is bf16); use --dtype bf16 '
               'on CPU or add --device cuda.', file=sys.stderr)
         return 2
-    cases = plan(args.quick, args.variants, args.device, args.dtype)
+    cases = plan(args.quick, args.variants, args.device, args.dtype, args.threads)
     for c in cases:
         c['clock'] = args.clock
     if args.only:
@@ -700,6 +794,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = summarise(results)
     print()
     print(format_table(rows))
+    if args.breakdown:
+        print()
+        print(format_breakdown(rows))
     print(f"\nload average start {info['load_start']} end {info['load_end']} (2 cores shared)")
     if args.json:
         with open(args.json, 'w') as f:
