@@ -131,12 +131,13 @@ def autocast_features(model: torch.nn.Module, dtype: str = 'bf16',
         model: an mmdet detector / mmseg segmentor (or a model wrapper around one).
         dtype: ``'bf16'`` or ``'fp16'`` (fp16: CUDA only).
         device_type: autocast device; ``None``: the device of the model's first parameter.
-        inference: for test runs. Also runs the dense heads' forward under autocast (RPN,
+        inference: for test runs, on CPU. Also runs the dense heads' forward under autocast (RPN,
             RoI box and mask heads, mmseg decode heads: their convs and linears; box decoding,
             nms, RoIAlign and resizing stay fp32) and stores the conv/linear weights of
             backbone, neck and those heads in ``dtype`` (:func:`cast_matmul_weights`), so
             they are not cast again on every forward. The parameter dtypes change: do not
-            train the model afterwards.
+            train the model afterwards. On other devices (not measured there yet) it does
+            nothing more than ``inference=False``.
 
     Returns:
         The (unwrapped) model.
@@ -154,7 +155,9 @@ def autocast_features(model: torch.nn.Module, dtype: str = 'bf16',
         raise ValueError('fp16 autocast needs a GPU; on CPU use bf16')
     cast = _DTYPES[dtype]
     model.extract_feat = _autocast_forward(model.extract_feat, device_type, cast)
-    if inference:
+    # Measured on CPU only (docs/performance.md); a GPU keeps backbone + neck autocast until a
+    # GPU measurement says the rest helps there too.
+    if inference and device_type == 'cpu':
         for part in ('backbone', 'neck'):
             if isinstance(getattr(model, part, None), nn.Module):
                 cast_matmul_weights(getattr(model, part), dtype)
@@ -198,7 +201,7 @@ class FeatureAutocastHook(Hook):
     def _apply(self, runner: Any, inference: bool) -> None:
         model = autocast_features(runner.model, self.dtype, inference=inference)
         where = next(model.parameters()).device.type
-        if inference:
+        if inference and where == 'cpu':
             what = (f'backbone, neck and dense heads run under {self.dtype} autocast on {where} (their '
                     f'conv/linear weights stored in {self.dtype}); box decoding, nms and RoIAlign stay fp32')
         else:

@@ -27,7 +27,7 @@ Devices and precisions: ``--device cpu|cuda`` and ``--dtype fp32 [bf16 fp16]`` (
 dtypes run side by side, fp16 only on CUDA; a ``t/fp32`` column compares each row with the
 same row in fp32). Reduced precision runs under ``torch.autocast``: training rows (fwd+bwd,
 train step) on fp32 weights, as ``tools/train.py --amp`` trains; forward rows as
-``tools/test.py --amp`` infers, with conv/linear weights stored in the dtype
+``tools/test.py --amp`` infers: on CPU with conv/linear weights stored in the dtype
 (:func:`iformer_mm.engine.amp.cast_matmul_weights`), for every model alike, baselines included.
 ``--threads 1 2`` runs every case with each thread count, side by side.
 ``--breakdown`` profiles one more run per case: the share of attention, convolutions, GEMMs,
@@ -452,7 +452,7 @@ def run_case(c: Dict[str, Any], repeats: int, budget: float, count_ops: bool = T
         x = torch.randn(B, 3, h, w).to(device)
         if c['mode'] == 'fwd':
             model.eval()
-            if dtype != 'fp32':  # inference as tools/test.py --amp runs it, for every model
+            if dtype != 'fp32' and device == 'cpu':  # as tools/test.py --amp infers, every model
                 from iformer_mm.engine.amp import cast_matmul_weights
                 res['weights'] = dtype if cast_matmul_weights(model, dtype) else 'fp32'
 
