@@ -114,6 +114,15 @@ def test_train_and_test_tools_with_amp_bf16(tiny_coco_dir, tmp_path):
                           for k in ('bbox', 'segm')}
     for k in ('bbox', 'segm'):
         assert abs(aps[True][k] - aps[False][k]) <= 0.02, aps
+    # tools/analysis/amp_eval.py: the same checkpoint both ways in one process, same batches
+    from iformer_mm.analysis.amp_eval import evaluate_precisions, format_report
+    res = evaluate_precisions(str(cfg), str(ckpt), 'bf16', clock='cpu')
+    assert res['fp32']['images'] == res['bf16']['images'] > 0 and res['speedup'] > 0
+    for k in ('bbox', 'segm'):
+        assert res['fp32']['metrics'][f'coco/{k}_mAP'] == pytest.approx(aps[False][k], abs=1e-3)
+        assert abs(res['metric_diff'][f'coco/{k}_mAP']) <= 0.02
+    report = format_report(res)
+    assert '| coco/bbox_mAP |' in report and 'x faster' in report
 
 
 def test_kernels_equal_the_reference_under_bf16_autocast_forward_and_backward():
@@ -241,3 +250,25 @@ def test_the_test_run_hook_puts_heads_in_bf16_after_loading_the_checkpoint(det_m
         assert o.dtype == torch.float32
         err = ((o - r).norm() / r.norm()).item()
         assert 0 < err < 0.02, err
+
+
+def test_segmentor_inference_in_bf16_runs_the_decode_head_in_bf16_and_agrees_with_fp32():
+    """mmseg: autocast_features(inference=True) puts the decode head's convs in bf16 too; the
+    predicted label map agrees with fp32's on nearly every pixel and the logits stay fp32."""
+    import copy
+    model = bench._build_mm(bench.SEG_CFG, 'ours', 'mmseg').eval()
+    h = w = 128
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    samples = [bench._seg_sample(h, w)]
+    with torch.no_grad():
+        ref = model(x, copy.deepcopy(samples), mode='predict')[0]
+    autocast_features(model, 'bf16', inference=True)
+    assert model.decode_head.scale_heads[0][0].conv.weight.dtype == torch.bfloat16
+    assert model.decode_head.conv_seg.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        out = model(x, copy.deepcopy(samples), mode='predict')[0]
+    assert out.seg_logits.data.dtype == torch.float32
+    err = ((out.seg_logits.data - ref.seg_logits.data).norm() / ref.seg_logits.data.norm()).item()
+    assert 0 < err < 0.02, err
+    agree = (out.pred_sem_seg.data == ref.pred_sem_seg.data).float().mean().item()
+    assert agree > 0.95, agree

@@ -105,7 +105,10 @@ def python_tool(repo_root: Path, tool: str, *args: str) -> subprocess.CompletedP
 
 def metrics(log: str) -> tuple:
     found = METRICS_RE.findall(log)
-    assert found, f'no aAcc/mIoU/mAcc line in the output:\n{log[-3000:]}'
+    if not found:  # say which lines came closest, not just the tail (a 2-rank log interleaves)
+        near = [ln for ln in log.splitlines() if 'aAcc' in ln or 'mIoU' in ln or 'Iter(val)' in ln]
+        raise AssertionError('no aAcc/mIoU/mAcc line in the output; lines naming them:\n'
+                             + '\n'.join(near[-10:]) + f'\n--- tail:\n{log[-3000:]}')
     values = tuple(float(v) for v in found[-1])
     assert all(0.0 <= v <= 100.0 for v in values)
     return values
