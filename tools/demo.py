@@ -52,7 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--lr', type=float, default=5e-4, help='AdamW learning rate (demo: from scratch)')
     p.add_argument('--threads', type=int, default=int(os.environ.get('OMP_NUM_THREADS', 2)),
                    help='torch CPU threads')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=0, help='seed of the training run (and of the data, unless --data-seed)')
+    p.add_argument('--data-seed', type=int, default=None,
+                   help='seed of the generated images (default: --seed); fix it and vary --seed to see the '
+                        'run-to-run spread of AP on the same data')
     p.add_argument('--show', type=int, default=6, help='validation images in the picture')
     p.add_argument('--verbose', action='store_true', help="also print mmengine's log (config, every 10 iterations)")
     p.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
@@ -161,7 +164,8 @@ def main(argv=None) -> Dict[str, Any]:
     os.makedirs(args.work_dir, exist_ok=True)
     print(f'[demo] generating {args.num_train} train / {args.num_val} val images '
           f'({args.size} px, 3 classes) in {args.work_dir}/data ...')
-    data = make_demo_dataset(osp.join(args.work_dir, 'data'), args.num_train, args.num_val, args.size, args.seed)
+    data = make_demo_dataset(osp.join(args.work_dir, 'data'), args.num_train, args.num_val, args.size,
+                             args.seed if args.data_seed is None else args.data_seed)
     cfg = build_cfg(args, data)
     if args.amp:
         from iformer_mm.engine.amp import apply_amp
