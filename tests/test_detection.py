@@ -152,7 +152,7 @@ def test_train_flags(tmp_path):
     if not torch.cuda.is_available():
         # a bare --amp is bf16 on CPU (backbone + neck autocast); fp16 needs a GPU
         cfg = train.build_cfg(train.parse_args([cfg_path, '--amp']))
-        assert dict(type='iformer_mm.FeatureAutocastHook', dtype='bf16') in cfg.custom_hooks
+        assert dict(type='iformer_mm.FeatureAutocastHook', dtype='bf16', inference=False) in cfg.custom_hooks
         with pytest.raises(SystemExit, match='--amp fp16 needs a CUDA GPU'):
             train.build_cfg(train.parse_args([cfg_path, '--amp', 'fp16']))
 
