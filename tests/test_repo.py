@@ -45,3 +45,18 @@ def test_license_and_python_floor_are_true(repo_root):
     # mobile iFormer models need timm >= 1.0.30
     assert '"timm>=1.0.30,<1.1"' in (repo_root / 'tools' / 'install.sh').read_text()
     assert 'docs/INSTALL.md' not in (repo_root / 'tools' / 'install.sh').read_text()
+
+
+def test_docs_link_to_files_that_exist_and_hold_no_draft_markers(repo_root):
+    """Every relative link in README and docs/ points at a file of the repository, and no page
+    still carries a placeholder a draft left behind."""
+    import re
+    pages = [repo_root / 'README.md', *sorted((repo_root / 'docs').rglob('*.md')),
+             *sorted((repo_root / 'configs').rglob('README.md'))]
+    for page in pages:
+        text = page.read_text()
+        assert '@@' not in text and 'TODO' not in text, page
+        for target in re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text):
+            if '://' in target or target.startswith('mailto:'):
+                continue
+            assert (page.parent / target).exists(), f'{page.relative_to(repo_root)} links to missing {target}'
