@@ -186,12 +186,12 @@ def test_storing_weights_in_bf16_changes_nothing_under_autocast_but_the_casts():
         with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
             return bb(x)
     before, ops_before = run(), count_ops(run).total
-    n = cast_matmul_weights(bb, 'bf16')
+    n_cast = cast_matmul_weights(bb, 'bf16')
     after, ops_after = run(), count_ops(run).total
     for a, b in zip(after, before):
         assert torch.equal(a, b)
-    lowp = {n for n, p in bb.named_parameters() if p.dtype == torch.bfloat16}
-    assert len(lowp) == n and all(('.weight' in k or '.bias' in k) for k in lowp)
+    lowp = {k for k, p in bb.named_parameters() if p.dtype == torch.bfloat16}
+    assert len(lowp) == n_cast and all(('.weight' in k or '.bias' in k) for k in lowp)
     assert all(p.dtype == torch.float32 for k, p in bb.named_parameters()
                if 'norm' in k or 'pos_embed' in k or 'layer_scale' in k)
     assert not any('norm' in k for k in lowp)

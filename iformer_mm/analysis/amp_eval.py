@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import copy
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -37,7 +38,6 @@ def _build(cfg_path: str, checkpoint: str, work_dir: str, max_batches: Optional[
     (loaded once) and a function building a fresh test evaluator."""
     from mmengine.config import Config
     from mmengine.runner import Runner
-    import torch
 
     from iformer_mm.engine import prepare_runtime_cfg
     from iformer_mm.engine.trusted_runs import run_trusted
@@ -53,20 +53,14 @@ def _build(cfg_path: str, checkpoint: str, work_dir: str, max_batches: Optional[
     run_trusted(lambda: runner.load_checkpoint(checkpoint, map_location='cpu'), checkpoint)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools loading messages
         loader = runner.build_dataloader(cfg.test_dataloader)
-    batches: List[Any] = []
-    for i, data in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        batches.append(data)
+    batches: List[Any] = list(itertools.islice(loader, max_batches))
 
     def evaluator() -> Any:
         with contextlib.redirect_stdout(io.StringIO()):
             ev = runner.build_evaluator(copy.deepcopy(cfg.test_evaluator))
         ev.dataset_meta = loader.dataset.metainfo
         return ev
-    model = runner.model.eval()
-    torch.manual_seed(0)
-    return model, batches, evaluator
+    return runner.model.eval(), batches, evaluator
 
 
 def _one_pass(model: Any, batches: List[Any], evaluator: Any, clock: str) -> Dict[str, Any]:

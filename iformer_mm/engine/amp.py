@@ -78,8 +78,8 @@ def cast_matmul_weights(module: nn.Module, dtype: str = 'bf16') -> int:
         raise ValueError(f'dtype must be one of {AMP_CHOICES}, got {dtype!r}')
     cast, n = _DTYPES[dtype], 0
     for m in module.modules():
-        if type(m) in _LOWP_LAYERS or isinstance(m, _LOWP_LAYERS):
-            for name, p in m.named_parameters(recurse=False):
+        if isinstance(m, _LOWP_LAYERS):
+            for p in m.parameters(recurse=False):
                 if p.is_floating_point() and p.dtype != cast:
                     p.data = p.data.to(cast)
                     n += 1
