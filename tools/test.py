@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
 import warnings
 
 # setuptools' own notice, raised when mmengine imports pkg_resources: harmless here.
@@ -27,7 +26,7 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated', categor
 
 import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
 
-from iformer_mm.cli import run_cli  # noqa: E402
+from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.engine import (init_distributed, prepare_runtime_cfg, teardown_distributed,  # noqa: E402
                                run_trusted)
 from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
@@ -145,4 +144,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    main_entry(main)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
 import warnings
 
 # setuptools' own notice, raised when mmengine imports pkg_resources: harmless here.
@@ -24,7 +23,7 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated', categor
 
 import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
 from iformer_mm.pretrained import CheckpointError  # noqa: E402
-from iformer_mm.cli import run_cli  # noqa: E402
+from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.engine import (check_pretrained_files, init_distributed, prepare_runtime_cfg,  # noqa: E402
                                teardown_distributed, run_trusted)
 from iformer_mm.engine.resilience import add_resilience_hooks  # noqa: E402
@@ -121,4 +120,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    main_entry(main)

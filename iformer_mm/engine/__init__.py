@@ -12,11 +12,11 @@ They make the stock mmengine ``Runner`` work on the machines this project is tes
 """
 from .trusted_runs import (TRUSTED_RUN_CHECKPOINT_GLOBALS, check_pretrained_files, run_trusted,
                           trusted_run_checkpoints)
-from .device import (convert_sync_bn, init_distributed, prepare_runtime_cfg,
+from .device import (convert_sync_bn, end_process, init_distributed, prepare_runtime_cfg,
                      teardown_distributed)
 
 __all__ = [
-    'TRUSTED_RUN_CHECKPOINT_GLOBALS', 'check_pretrained_files', 'convert_sync_bn',
+    'TRUSTED_RUN_CHECKPOINT_GLOBALS', 'check_pretrained_files', 'convert_sync_bn', 'end_process',
     'init_distributed', 'prepare_runtime_cfg', 'run_trusted', 'teardown_distributed',
     'trusted_run_checkpoints',
 ]

@@ -8,15 +8,21 @@ On a machine with CUDA nothing here changes behaviour. Without CUDA:
   (mmengine calls it unconditionally), so mmengine's ``Runner`` finds them initialised;
 * DDP gets ``device_ids=None`` (CPU modules refuse a device list).
 
-:func:`teardown_distributed` destroys the process group at exit: without it gloo ranks
-sometimes abort with SIGABRT after a successful run.
+:func:`teardown_distributed` destroys the process group when a run ends; after a gloo run
+:func:`end_process` then ends the tool's process without interpreter finalization (why: its
+docstring), so that a finished run neither hangs nor aborts with SIGABRT at exit.
 """
 from __future__ import annotations
 
+import atexit
+import gc
+import io
 import logging
 import os
+import sys
+import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, NoReturn, Optional
 from unittest import mock
 
 import torch
@@ -120,10 +126,57 @@ def init_distributed(cfg: Any, launcher: str) -> None:
         init_dist(launcher, **dist_cfg)
 
 
+# The default gloo groups :func:`teardown_distributed` destroyed, kept referenced until the
+# process ends (see end_process): their C++ destructors must never run.
+_destroyed_groups: List[Any] = []
+
+
 def teardown_distributed() -> None:
     """Destroy the process group if one exists (safe to call always).
 
-    No barrier first: after a failure on one rank, a barrier would hang the others.
+    A gloo group object stays referenced, so a process that called this should end through
+    :func:`end_process` (``iformer_mm.cli.main_entry`` does). No barrier first: after a
+    failure on one rank, a barrier would hang the others.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
+        if torch_dist.get_backend() == 'gloo':  # where the hazard was seen; NCCL runs unchanged
+            _destroyed_groups.append(torch_dist.group.WORLD)
         torch_dist.destroy_process_group()
+
+
+def end_process(status: int) -> NoReturn:
+    """End the process with exit ``status``; after a distributed run, without finalization.
+
+    A gloo group's worker thread frees each finished collective's tensors itself, and when
+    Python no longer holds them it needs the GIL to free their Python objects (while holding
+    the group's work lock). Two ends of a run can meet such a worker:
+
+    * the group's C++ destructor, which joins the workers: DDP's reducer holds the group, so
+      the destructor runs when the runner (a reference cycle) is collected — with the GIL
+      held: a deadlock, the rank hangs;
+    * interpreter finalization, while the group is still alive: CPython ends a thread that
+      asks for the GIL with ``pthread_exit``, whose unwinding through C++ calls
+      ``std::terminate`` (``terminate called without an active exception``, SIGABRT): torchrun
+      reports a finished run as failed (about 1 run in 50 on a busy 2-core machine).
+
+    So :func:`teardown_distributed` keeps a reference to the group (its destructor never runs)
+    and this ends the process without finalization: it does what Python's exit does — waits
+    for non-daemon threads, runs ``atexit`` handlers (logging's among them), flushes every file
+    still open, stdout and stderr included — then calls ``os._exit``. Without a destroyed gloo
+    group (a single-process run, or NCCL on GPUs, where this was not measured) it is
+    ``sys.exit(status)``.
+    """
+    if not _destroyed_groups:
+        sys.exit(status)
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()  # noqa: SLF001  (CPython's own exit sequence, run early)
+    gc.collect()  # what finalization would free (closing the files of unreachable objects)
+    for f in [o for o in gc.get_objects() if isinstance(o, io.IOBase)] + [sys.stdout, sys.stderr]:
+        try:  # files still open, sys.stdout among them: finalization would flush them
+            if not f.closed and f.writable():
+                f.flush()
+        except (OSError, ValueError):  # a broken pipe or a detached stream: nothing to save
+            pass
+    os._exit(status)

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from datetime import timedelta
@@ -40,7 +39,8 @@ import yaml
 from torch import nn
 
 from iformer_mm import classification as C
-from iformer_mm.cli import run_cli
+from iformer_mm.cli import main_entry
+from iformer_mm.engine.device import teardown_distributed
 from iformer_mm.pretrained import load_checkpoint_file, load_state_dict_into
 
 _logger = logging.getLogger('train')
@@ -474,9 +474,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     if distributed:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()  # without it gloo ranks may abort at exit
+        teardown_distributed()  # then main_entry ends the process (iformer_mm/engine/device.py)
     return dict(history=history, best_metric=best_metric, best_epoch=best_epoch, output=exp_dir)
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    main_entry(main)
