@@ -5,7 +5,8 @@ implementation of the same network). For every variant, the segmentor built from
 (``iformer_mm.TimmBackbone`` over timm's ``poolformer_*``) must have the same parameter count
 (trainable and total), and, given mmpretrain's weights in an mmseg checkpoint, the same backbone
 features and the same logits. Skipped only when mmpretrain is not installed
-(``pip install --no-deps mmpretrain==1.2.0`` plus its pure-Python imports, see docs).
+(``bash tools/install.sh --tests`` installs it: ``mmpretrain==1.2.0 --no-deps`` plus the
+small packages its import needs).
 """
 from __future__ import annotations
 

@@ -97,6 +97,15 @@ fi
 if [ "$with_tests" = 1 ]; then
   step "6/6 iformer_mm (editable) + test tools: pip install -e \".[tests]\"" "1 min" \
     pip_ --no-build-isolation -e "$here[tests]" "$TORCH_PIN"
+  # mmpretrain's PoolFormer for tests/test_poolformer_crosscheck.py: without its heavy
+  # requirements (--no-deps), plus its small pure-Python ones.
+  if "$PY" -c "import mmpretrain.models" >/dev/null 2>&1; then
+    echo "[install] mmpretrain 1.2.0 (for the PoolFormer cross-check): already installed"
+  else
+    step "mmpretrain 1.2.0 --no-deps (for the PoolFormer cross-check)" "10 s" \
+      pip_ --no-deps mmpretrain==1.2.0
+    step "mmpretrain's small requirements" "10 s" pip_ importlib-metadata modelindex einops mat4py
+  fi
 else
   step "6/6 iformer_mm (editable)" "10 s" pip_ --no-build-isolation --no-deps -e "$here"
 fi
