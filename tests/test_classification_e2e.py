@@ -9,7 +9,6 @@ augmentations. iFormer-S throughout: the variant the detector config uses.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import iformer_mm  # noqa: F401
 from iformer_mm.datagen.imagefolder_from_coco import build_imagefolder_from_coco
 from iformer_mm.models.iformer import resize_pos_embed
+from _subprocess import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -184,11 +184,6 @@ def test_finetune_to_new_size_and_classes(run, data_dir, tmp_path):
     assert ckpt['state_dict']['head.weight'].shape == (10, 384) and ckpt['img_size'] == 96
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.dist
 def test_torchrun_two_processes_full_recipe_augmentations(data_dir, tmp_path):
@@ -196,7 +191,7 @@ def test_torchrun_two_processes_full_recipe_augmentations(data_dir, tmp_path):
     grad clipping, EMA and bf16 autocast: both ranks train, validation is gathered, rank 0 saves."""
     cfg = str(REPO / 'configs/classification/iformer_small_in1k.yaml')
     _run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-          str(_free_port()), TRAIN, str(data_dir), '-c', cfg, '--img-size', '64', '-b', '8',
+          str(free_port()), TRAIN, str(data_dir), '-c', cfg, '--img-size', '64', '-b', '8',
           '--epochs', '1', '--warmup-epochs', '0', '--cooldown-epochs', '0', '--clip-grad', '1.0',
           '--model-ema', '--amp', '-j', '0', '--max-updates-per-epoch', '2', '--log-interval', '1',
           '--output', str(tmp_path)], timeout=400)

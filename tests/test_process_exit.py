@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from _subprocess import env_with_repo, free_port
 from iformer_mm.cli import _exit_status
 
 PROBE = '''
@@ -63,20 +63,13 @@ main_entry(main)
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
 
 def _torchrun_probe(tmp_path: Path, mode: str) -> subprocess.CompletedProcess:
     script = tmp_path / 'probe.py'
     script.write_text(PROBE)
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
-               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
+    env = env_with_repo(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-           '--master_port', str(_free_port()), str(script), str(tmp_path), mode]
+           '--master_port', str(free_port()), str(script), str(tmp_path), mode]
     # its own session, so that a hung rank (the failure this guards against) is killed too
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env, start_new_session=True) as proc:
@@ -136,8 +129,7 @@ def test_main_entry_without_a_process_group_is_sys_exit(tmp_path):
         '        raise ValueError("a bug")\n'
         '    sys.exit(int(sys.argv[1]))\n'
         'main_entry(main)\n')
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
+    env = env_with_repo()
     run = lambda arg: subprocess.run([sys.executable, str(script), arg], capture_output=True,  # noqa: E731
                                      text=True, timeout=120, env=env)
     assert run('0').returncode == 0

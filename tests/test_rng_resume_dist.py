@@ -1,6 +1,5 @@
 """RNGStateHook across processes: every rank resumes from its own generator state."""
 import os
-import socket
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch.multiprocessing as mp
 pytest.importorskip('mmengine')
 
 from iformer_mm.engine.resilience import RNG_STATE_KEY, RNGStateHook  # noqa: E402
+from _subprocess import free_port
 
 
 class _Logger:
@@ -24,11 +24,6 @@ class _Runner:
     def __init__(self) -> None:
         self.logger = _Logger()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
@@ -58,7 +53,7 @@ def _rank_main(rank: int, world: int, port: int, folder: str) -> None:
 
 
 def test_every_rank_resumes_its_own_rng_state(tmp_path):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     res = [torch.load(tmp_path / f'rank{r}.pth', weights_only=True) for r in range(2)]
     for r in res:
         assert torch.equal(r['got'], r['expected'])  # bit-identical continuation per rank

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from iformer_mm.datagen.ade_from_coco import COCO_CLASSES, build_ade_from_coco
+from _subprocess import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -113,11 +113,6 @@ def metrics(log: str) -> tuple:
     assert all(0.0 <= v <= 100.0 for v in values)
     return values
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_fpn_trains_then_tests_in_whole_and_slide_mode(repo_root, ade_dir, tmp_path):

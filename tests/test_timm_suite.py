@@ -17,6 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from _subprocess import env_with_repo
 
 timm = pytest.importorskip('timm')
 pytest.importorskip('pytest_timeout', reason="timm's test_models.py needs pytest-timeout")
@@ -54,9 +55,7 @@ def timm_test_dir() -> Path:
 def run_timm_suite(select: str) -> str:
     """Run timm's test_models.py on ``select`` (a ``-k`` expression); returns the output."""
     root = timm_test_dir()
-    repo = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore',
-               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
+    env = env_with_repo(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     res = subprocess.run([sys.executable, '-m', 'pytest', '-v', '-p', 'iformer_mm', '-p', 'no:cacheprovider',
                           'tests/test_models.py', '-k', select],
                          cwd=root, env=env, capture_output=True, text=True, timeout=1500)
