@@ -67,7 +67,7 @@ def test_unknown_arch_lists_valid_names():
 @pytest.mark.parametrize('out_indices', [(4,), (0, 5), (-5,), ()])
 def test_out_indices_out_of_range(out_indices):
     from iformer_mm.models.backbone import IFormer
-    with pytest.raises(ValueError, match=r'out_indices .* out of range: iFormer has stages 0\.\.3'):
+    with pytest.raises(ValueError, match=r'out_indices .* out of range: iFormer has outputs 0\.\.3'):
         IFormer(arch='small', out_indices=out_indices)
 
 
