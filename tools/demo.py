@@ -36,6 +36,7 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated', categor
 
 import iformer_mm  # noqa: E402,F401  (registers iformer_mm.IFormer)
 from mmengine.hooks import Hook  # noqa: E402
+from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.datagen.demo_data import CLASSES, PALETTE, make_demo_dataset  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -276,4 +277,4 @@ def paint_predictions(runner, cfg, val_ann: str, out_file: str, num: int = 6, sc
 
 
 if __name__ == '__main__':
-    main()
+    main_entry(main)

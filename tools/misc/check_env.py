@@ -2,9 +2,8 @@
 
 Usage: ``python tools/misc/check_env.py [--quick] [--json]``; exit status 1 when something is broken.
 """
-import sys
-
+from iformer_mm.cli import main_entry
 from iformer_mm.env import main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main_entry(main)
