@@ -29,7 +29,7 @@ import iformer_mm  # noqa: E402,F401  (registers the iformer_mm backbones before
 from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.engine import (init_distributed, prepare_runtime_cfg, teardown_distributed,  # noqa: E402
                                run_trusted)
-from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
+from iformer_mm.engine.config_check import build_runner, preflight_or_exit  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

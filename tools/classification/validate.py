@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from iformer_mm import classification as C
+from iformer_mm.classification import common as C
 from iformer_mm.cli import main_entry
 from iformer_mm.pretrained import load_pretrained
 
