@@ -24,6 +24,8 @@ from torch import nn
 
 from timm.layers import resample_abs_pos_embed_nhwc
 
+from .compat import safe_globals
+
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
@@ -499,7 +501,8 @@ def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Ma
 
     full_shapes = getattr(model, 'full_shapes', None) or {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
-        with torch.serialization.safe_globals(mobile_iformer_safe_globals()):
+        what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else 'the checkpoint'
+        with safe_globals(mobile_iformer_safe_globals(), what=what, error=CheckpointError):
             return load_timm_weights(model, checkpoint, full_shapes=full_shapes, filter_fn=checkpoint_filter_fn,
                                      filter_model=getattr(model, '_timm_model', model), strict=strict,
                                      use_ema=use_ema, allowed_missing=allowed_missing, log=log)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..compat import safe_globals
 from ..pretrained import CheckpointError
 
 logger = logging.getLogger('iformer_mm')
@@ -102,7 +103,7 @@ def trusted_run_checkpoints() -> Iterator[None]:
     """Within this block, ``torch.load`` (still ``weights_only=True``) also accepts the objects
     mmengine writes into its training checkpoints — used around ``runner.train()/test()``.
     """
-    with torch.serialization.safe_globals(trusted_globals()):
+    with safe_globals(trusted_globals()):
         yield
 
 

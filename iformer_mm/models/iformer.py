@@ -29,6 +29,7 @@ from timm.layers import DropPath, Mlp as TimmMlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..compat import is_fx_tracing
 from ..ops import check_impl, fused_mlp, inception_mixer_cl, kernel_allowed
 from .arch import ARCH_SETTINGS, NUM_STAGES, per_stage, resolve_arch, take_indices
 
@@ -442,7 +443,7 @@ class InceptionTransformer(nn.Module):
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
-        if isinstance(x, torch.fx.Proxy) or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        if isinstance(x, torch.fx.Proxy) or is_fx_tracing():
             return  # shapes are symbolic
         if not isinstance(x, torch.Tensor):
             raise TypeError(f'iFormer expects a tensor, got {type(x).__name__}')
