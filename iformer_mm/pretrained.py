@@ -120,8 +120,12 @@ def _first_sentence(e: Exception) -> str:
 _GLOBAL_RE = re.compile(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)')
 
 
-def _refused(path: str, e: Exception) -> CheckpointError:
-    """Say *why* safe loading refused ``path``: a Python object it names, or not a checkpoint."""
+def _refused(path: str, e: Exception, allow_list: bool = False) -> CheckpointError:
+    """Say *why* safe loading refused ``path``: a Python object it names, or not a checkpoint.
+
+    ``allow_list``: the refusing load already allowed the training-state classes of
+    :mod:`iformer_mm.engine.trusted_runs` (mmengine's loader once ``iformer_mm`` is imported).
+    """
     text = str(e)
     m = _GLOBAL_RE.search(text)
     with open(path, 'rb') as f:
@@ -137,7 +141,11 @@ def _refused(path: str, e: Exception) -> CheckpointError:
             f'{head!r}, size {os.path.getsize(path)} bytes). Re-download it; a failed download '
             'often saves an HTML error page under the .pth name.')
     name = m.group(1)
-    if name.startswith(('mmengine.', 'numpy.')):
+    if allow_list and name.startswith(('mmengine.', 'numpy.')):
+        hint = ('it is not one of the training-state classes iformer_mm allows in a run checkpoint '
+                '(docs/reliability.md), so nothing was unpickled. Re-save the weights of a model '
+                'you trust as a plain state_dict (torch.save(model.state_dict(), path)).')
+    elif name.startswith(('mmengine.', 'numpy.')):
         hint = ('it looks like an mmengine training checkpoint (optimizer/logger state). To resume '
                 'or test it use tools/train.py --resume / tools/test.py, which trust only the '
                 'checkpoint classes in docs/reliability.md; to use its weights as pretrained weights '
@@ -152,17 +160,18 @@ def _refused(path: str, e: Exception) -> CheckpointError:
         f'object {name!r}, and unpickling it could run code; {hint}')
 
 
-def explain_load_error(exc: BaseException, path: Optional[str]) -> Optional[str]:
-    """One clear message for a checkpoint that mmengine's loader (resume / load_from / testing)
-    failed on, or ``None`` when ``exc`` is not a checkpoint-reading error.
+def explain_load_error(exc: BaseException, path: Optional[str], allow_list: bool = False) -> Optional[str]:
+    """One clear message for a checkpoint that mmengine's loader (resume / load_from / testing /
+    the inference APIs) failed on, or ``None`` when ``exc`` is not a checkpoint-reading error.
 
     torch's own text for a refused file suggests ``weights_only=False``; ours says what the file
-    holds and never recommends disabling safe loading.
+    holds and never recommends disabling safe loading. ``allow_list``: the load already allowed
+    our runs' training-state classes (see :func:`_refused`).
     """
     name = path or 'the checkpoint'
     if isinstance(exc, pickle.UnpicklingError):
         if path and os.path.isfile(path):
-            return str(_refused(path, exc))
+            return str(_refused(path, exc, allow_list))
         return f'{name} was refused by safe loading (weights_only=True): {_first_sentence(exc)}'
     if isinstance(exc, (RuntimeError, EOFError)) and (
             'PytorchStreamReader' in str(exc) or isinstance(exc, EOFError)):
