@@ -54,9 +54,10 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     from mmengine.logging.history_buffer import HistoryBuffer
     if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
         return getattr(HistoryBuffer, name)
+    # worded as torch words a refused global, so explain_load_error names it
     raise pickle.UnpicklingError(
-        f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer.'
-        f'{{{",".join(_HISTORY_BUFFER_METHODS)}}} are allowed (iformer_mm/engine/trusted_runs.py)')
+        f'Unsupported global: GLOBAL builtins.getattr (asked for {name!r} of {obj!r}; only '
+        f'HistoryBuffer.{{{",".join(_HISTORY_BUFFER_METHODS)}}} are allowed, iformer_mm/engine/trusted_runs.py)')
 
 
 def _numpy_globals() -> List[Any]:
