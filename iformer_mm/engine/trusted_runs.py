@@ -24,6 +24,7 @@ Pretrained backbone weights never use this allow-list: they go through
 from __future__ import annotations
 
 import _compat_pickle
+import collections
 import logging
 import os
 import os.path as osp
@@ -82,16 +83,19 @@ def trusted_globals() -> List[Any]:
 
     Measured with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on an mmengine 0.10.7
     Mask R-CNN checkpoint: HistoryBuffer, numpy ndarray/dtype/_reconstruct/scalar, the
-    Float64/Int64 dtype classes and ``builtins.getattr`` (replaced by a 4-name lookup).
+    Float64/Int64 dtype classes and ``builtins.getattr`` (replaced by a 4-name lookup); and
+    ``collections.Counter`` (the milestones of a MultiStep lr schedule), which torch >= 2.4
+    allows by default and torch 2.1 does not.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
+    return ([HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), collections.Counter]
+            + _numpy_globals())
 
 
 #: Names of :func:`trusted_globals` (documentation and tests).
 TRUSTED_RUN_CHECKPOINT_GLOBALS: Tuple[str, ...] = (
     'mmengine.logging.history_buffer.HistoryBuffer',
-    'builtins.getattr (only HistoryBuffer.min/max/current/mean)',
+    'builtins.getattr (only HistoryBuffer.min/max/current/mean)', 'collections.Counter',
     'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct',
     'numpy._core.multiarray.scalar',
 ) + tuple(f'numpy.dtypes.{n}' for n in _NUMPY_DTYPES)
