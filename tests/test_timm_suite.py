@@ -13,8 +13,8 @@ The sdist is fetched once with pip (cached in ``$IFORMER_TIMM_SDIST_DIR`` or
 are registered before timm lists its models. Left out: the hub tests (``*pretrained*``
 download weights). To keep CI short the heavy kinds (forward at full size, backward,
 TorchScript, fx) run on one model of each family and the cheap kinds (configs on the meta
-device, intermediates and pruning at 96 px) on every variant; tests/README-level figures and
-the date all kinds last passed on every variant are in docs/architecture.md ("timm's suite").
+device, intermediates and pruning at 96 px) on every variant; the runtimes, and the date every
+kind last passed on every variant, are in docs/architecture.md ("timm's own test suite").
 """
 import os
 import re
@@ -85,10 +85,10 @@ def suite_with_our_modules(root: Path) -> Path:
 def selection(family: str) -> str:
     """``-k`` expression: the cheap kinds on every variant, all kinds on the family's model."""
     variants, model = FAMILIES[family]
-    # ids end in "-<model>]" or "[<model>-..."; "-iformer_small]" does not match iformer_small_384
-    any_variant = ' or '.join(f'{v}]' for v in variants) + ' or ' + ' or '.join(f'{v}-' for v in variants)
+    # ids hold "<model>]", "<model>-..." or "<model>.<tag>]"; "iformer_small]" is not iformer_small_384
+    any_variant = ' or '.join(f'{v}{end}' for v in variants for end in (']', '-', '.'))
     cheap = ' or '.join(CHEAP_KINDS)
-    return f'({any_variant}) and not pretrained and ({cheap} or {model}] or {model}-)'
+    return f'({any_variant}) and not pretrained and ({cheap} or {model}] or {model}- or {model}.)'
 
 
 def run_timm_suite(select: str) -> str:
@@ -105,7 +105,7 @@ def run_timm_suite(select: str) -> str:
 
 def passed_kinds(out: str, model: str) -> set:
     """The test kinds that PASSED for exactly ``model`` (not a longer name it prefixes)."""
-    return set(re.findall(rf'::(test_\w+)\[(?:[^\]]*-)?{model}(?:-[^\]]*)?\] PASSED', out))
+    return set(re.findall(rf'::(test_\w+)\[(?:[^\]]*-)?{model}(?:\.\w+)?(?:-[^\]]*)?\] PASSED', out))
 
 
 @pytest.mark.slow
