@@ -169,3 +169,15 @@ def test_torch_without_allow_list_names_the_torch_needed(tmp_path, monkeypatch, 
     assert '\n' not in msg and 'weights_only=False' not in msg
     with pytest.raises(compat.TorchFeatureError, match='needs torch >= 2.4'):
         compat.require_safe_globals(str(path))
+
+
+def test_newer_torch_apis_are_called_through_compat_only(repo_root):
+    """The APIs torch 2.1 lacks are called in iformer_mm/compat.py only (its probes), so no
+    other module can end in an AttributeError on an older supported torch."""
+    newer = ('torch.compiler.is_compiling(', 'get_autocast_dtype(', 'is_fx_symbolic_tracing(',
+             'serialization.safe_globals(', 'add_safe_globals(', 'get_unsafe_globals_in_checkpoint(')
+    files = [*(repo_root / 'iformer_mm').rglob('*.py'), *(repo_root / 'tools').rglob('*.py'),
+             repo_root / 'iformer_mm_tvfix.py']
+    calls = [f'{f.relative_to(repo_root)}: {api}' for f in files if f.name != 'compat.py'
+             for api in newer if api in f.read_text()]
+    assert not calls, calls
