@@ -147,7 +147,8 @@ def _refusal(exc: BaseException) -> Optional[pickle.UnpicklingError]:
 
 def _names(allowed: Sequence[Any]) -> set:
     """The pickle names of an allow-list's entries (``module.qualname``, or the name given)."""
-    return {a[1] if isinstance(a, tuple) else f'{a.__module__}.{getattr(a, "__qualname__", a.__name__)}' for a in allowed}
+    return {a[1] if isinstance(a, tuple) else f'{a.__module__}.{getattr(a, "__qualname__", a.__name__)}'
+            for a in allowed}
 
 
 def _needs(what: str, torch_needed: str, why: str, refused: Optional[BaseException] = None) -> str:
@@ -173,8 +174,9 @@ def safe_globals(allowed: Sequence[Any], what: str = 'this checkpoint',
 
     ``torch.serialization.safe_globals`` on every torch that can do it. On a torch without an
     allow-list, ``weights_only=True`` still reads plain tensor files, so the block runs
-    anyway; if torch refuses a file inside it (the file needs the allow-list), that refusal is
-    raised as ``error`` with one line that names the torch needed. ``(object, 'module.name')``
+    anyway; if torch refuses an object of ``allowed`` inside it, that refusal is raised as
+    ``error`` with one line that names the torch needed. Anything else torch refuses (a crafted
+    ``posix.system``) propagates unchanged: no torch reads it. ``(object, 'module.name')``
     entries (an object under another name, e.g. NumPy 1's path of a NumPy 2 function) are
     dropped on a torch whose allow-list cannot take them, with the same message if a file then
     needs them.

@@ -82,7 +82,8 @@ def test_mmcv_built_for_another_torch_is_named_with_its_fix(tmp_path):
     pytest.importorskip('mmcv')
     so = _wrong_mmcv_ext(tmp_path)
     code = ("import importlib.machinery as m, importlib.util as u, sys\n"
-            f"spec = u.spec_from_file_location('mmcv._ext', {so!r}, loader=m.ExtensionFileLoader('mmcv._ext', {so!r}))\n"
+            f"loader = m.ExtensionFileLoader('mmcv._ext', {so!r})\n"
+            f"spec = u.spec_from_file_location('mmcv._ext', {so!r}, loader=loader)\n"
             "class WrongExt:  # mmcv._ext comes from the other stack's wheel\n"
             "    find_spec = staticmethod(lambda name, path=None, target=None: spec if name == 'mmcv._ext' else None)\n"
             "sys.meta_path.insert(0, WrongExt)\n"
