@@ -145,6 +145,12 @@ def _refusal(exc: BaseException) -> Optional[pickle.UnpicklingError]:
     return None
 
 
+def _names(allowed: Sequence[Any]) -> set:
+    """The pickle names of an allow-list's entries (``module.qualname``, or the name given)."""
+    return {a[1] if isinstance(a, tuple) else f'{a.__module__}.{getattr(a, "__qualname__", a.__name__)}'
+            for a in allowed}
+
+
 def _needs(what: str, torch_needed: str, why: str, refused: Optional[BaseException] = None) -> str:
     m = _GLOBAL_NAME.search(str(refused or ''))
     held = f' ({m.group(1)})' if m else ''
@@ -168,8 +174,9 @@ def safe_globals(allowed: Sequence[Any], what: str = 'this checkpoint',
 
     ``torch.serialization.safe_globals`` on every torch that can do it. On a torch without an
     allow-list, ``weights_only=True`` still reads plain tensor files, so the block runs
-    anyway; if torch refuses a file inside it (the file needs the allow-list), that refusal is
-    raised as ``error`` with one line that names the torch needed. ``(object, 'module.name')``
+    anyway; if torch refuses an object of ``allowed`` inside it, that refusal is raised as
+    ``error`` with one line that names the torch needed. Anything else torch refuses (a crafted
+    ``posix.system``) propagates unchanged: no torch reads it. ``(object, 'module.name')``
     entries (an object under another name, e.g. NumPy 1's path of a NumPy 2 function) are
     dropped on a torch whose allow-list cannot take them, with the same message if a file then
     needs them.
@@ -195,13 +202,14 @@ def safe_globals(allowed: Sequence[Any], what: str = 'this checkpoint',
         refused = _refusal(e)
         if refused is None:
             raise
-        if not HAS_SAFE_GLOBALS:
+        m = _GLOBAL_NAME.search(str(refused))
+        name = m.group(1) if m else None
+        if not HAS_SAFE_GLOBALS and name in _names(allowed):
             needed, why = SAFE_GLOBALS_TORCH, 'reading them safely (weights_only=True with an allow-list)'
-        else:
-            m = _GLOBAL_NAME.search(str(refused))
-            if not (m and m.group(1) in aliases):
-                raise
+        elif HAS_SAFE_GLOBALS and name in aliases:
             needed, why = SAFE_GLOBAL_ALIASES_TORCH, 'allowing an object under another module path'
+        else:  # not on the allow-list: refused on every torch (the caller's message says why)
+            raise
         err = error(_needs(what, needed, why, refused))
         err._torch_needed = needed  # type: ignore[attr-defined]
         raise err from None

@@ -9,8 +9,9 @@ Version rules come from what was measured to work together (``tools/install.sh``
 "Supported versions"): inside the tested range (:data:`TESTED`) a version is OK, outside it a
 warning, and an error where it is known to break (torch < 2.1, timm < 1.0.30, NumPy 2 on a
 torch built against NumPy 1, mmcv >= 2.2 for mmdet 3.3 / mmseg 1.2, an mmcv whose C++ ops were
-compiled for another torch). torchvision must be the release made for the installed torch. The checks are split into :func:`check_versions` (pure: versions in,
-findings out; unit-tested with made-up versions) and :func:`check_runtime` (imports things).
+compiled for another torch). torchvision must be the release made for the installed torch.
+The checks are split into :func:`check_versions` (pure: versions in, findings out; unit-tested
+with made-up versions) and :func:`check_runtime` (imports things).
 Tools call :func:`require_stack` first so a broken install fails in a second, with the fix,
 instead of with ``No module named 'mmcv._ext'`` deep inside a model build.
 """

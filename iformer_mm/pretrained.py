@@ -115,9 +115,10 @@ def _first_sentence(e: Exception) -> str:
     return text.split('. ')[0][:160]
 
 
-# torch words a refused global two ways: "Unsupported global: GLOBAL a.b" (not allowlisted) and
-# "unsupported GLOBAL posix.system whose module posix is blocked" (blocked module).
-_GLOBAL_RE = re.compile(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)')
+# torch words a refused global three ways: "Unsupported global: GLOBAL a.b" (not allowlisted),
+# "unsupported GLOBAL posix.system whose module posix is blocked" (blocked module) and, before
+# torch 2.4, "Unsupported class posix.system".
+_GLOBAL_RE = re.compile(r'[Uu]nsupported (?:global: )?(?:GLOBAL|class) ([\w.]+)')
 
 
 def _refused(path: str, e: Exception, allow_list: bool = False) -> CheckpointError:
@@ -477,14 +478,15 @@ def mobile_iformer_safe_globals() -> List[Any]:
     NumPy 2 moved it to ``numpy._core``.
     """
     import argparse
+    import importlib
 
     import numpy as np
-    core = np._core if hasattr(np, '_core') else np.core
-    scalar = core.multiarray.scalar
+    numpy2 = np.lib.NumpyVersion(np.__version__) >= '2.0.0'
+    scalar = importlib.import_module('numpy._core.multiarray' if numpy2 else 'numpy.core.multiarray').scalar
     # dtype classes (NumPy >= 1.25 gives each dtype its own class) of the scalars such files hold
     dtypes = {type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')}
     allowed: List[Any] = [argparse.Namespace, np.dtype, scalar, *sorted(dtypes, key=str)]
-    if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
+    if numpy2:
         allowed.append((scalar, 'numpy.core.multiarray.scalar'))
     return allowed
 

@@ -18,7 +18,7 @@ from torch import nn
 from _subprocess import env_with_repo
 from conftest import _shared
 from iformer_mm import compat
-from iformer_mm.env import MMCV_REBUILD, check_versions, format_report
+from iformer_mm.env import MMCV_REBUILD, check_versions, format_report, installed_versions
 from iformer_mm.pretrained import CheckpointError, load_checkpoint_file
 
 GOOD = {'python': '3.11.7', 'torch': '2.13.0+cpu', 'torchvision': '0.28.0', 'timm': '1.0.31',
@@ -82,7 +82,8 @@ def test_mmcv_built_for_another_torch_is_named_with_its_fix(tmp_path):
     pytest.importorskip('mmcv')
     so = _wrong_mmcv_ext(tmp_path)
     code = ("import importlib.machinery as m, importlib.util as u, sys\n"
-            f"spec = u.spec_from_file_location('mmcv._ext', {so!r}, loader=m.ExtensionFileLoader('mmcv._ext', {so!r}))\n"
+            f"loader = m.ExtensionFileLoader('mmcv._ext', {so!r})\n"
+            f"spec = u.spec_from_file_location('mmcv._ext', {so!r}, loader=loader)\n"
             "class WrongExt:  # mmcv._ext comes from the other stack's wheel\n"
             "    find_spec = staticmethod(lambda name, path=None, target=None: spec if name == 'mmcv._ext' else None)\n"
             "sys.meta_path.insert(0, WrongExt)\n"
@@ -95,7 +96,7 @@ def test_mmcv_built_for_another_torch_is_named_with_its_fix(tmp_path):
     assert 'Traceback' not in out + res.stderr
     lines = out.splitlines()
     i = next(i for i, line in enumerate(lines) if line.startswith('  [FAIL] mmcv ops:'))
-    assert f'mmcv._ext was compiled for another torch, not torch {torch.__version__}' in lines[i]
+    assert f'mmcv._ext was compiled for another torch, not torch {installed_versions()["torch"]}' in lines[i]
     assert 'undefined symbol' in lines[i]
     assert lines[i + 1].strip() == f'fix: {MMCV_REBUILD}'
     assert '--no-cache-dir --force-reinstall' in MMCV_REBUILD
@@ -169,3 +170,15 @@ def test_torch_without_allow_list_names_the_torch_needed(tmp_path, monkeypatch, 
     assert '\n' not in msg and 'weights_only=False' not in msg
     with pytest.raises(compat.TorchFeatureError, match='needs torch >= 2.4'):
         compat.require_safe_globals(str(path))
+
+
+def test_newer_torch_apis_are_called_through_compat_only(repo_root):
+    """The APIs torch 2.1 lacks are called in iformer_mm/compat.py only (its probes), so no
+    other module can end in an AttributeError on an older supported torch."""
+    newer = ('torch.compiler.is_compiling(', 'get_autocast_dtype(', 'is_fx_symbolic_tracing(',
+             'serialization.safe_globals(', 'add_safe_globals(', 'get_unsafe_globals_in_checkpoint(')
+    files = [*(repo_root / 'iformer_mm').rglob('*.py'), *(repo_root / 'tools').rglob('*.py'),
+             repo_root / 'iformer_mm_tvfix.py']
+    calls = [f'{f.relative_to(repo_root)}: {api}' for f in files if f.name != 'compat.py'
+             for api in newer if api in f.read_text()]
+    assert not calls, calls

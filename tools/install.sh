@@ -4,11 +4,14 @@
 #   bash tools/install.sh                    # the stack + the package (what the demo needs)
 #   bash tools/install.sh --tests            # ... + the test tools: pip install -e ".[tests]"
 #   bash tools/install.sh --stack torch2.1   # the oldest supported stack (see below)
+#   bash tools/install.sh --stack installed  # keep the torch already installed (e.g. your CUDA build)
 #
 # Follows the pins that are known to work together (README.md, "Supported versions"). Stacks:
 #   torch2.13 (default): torch 2.13.0, torchvision 0.28.0, mmcv 2.1.0 built with its ops;
 #   torch2.1: torch 2.1.2, torchvision 0.16.2, "numpy<2" (torch 2.1 was built against NumPy 1),
-#             Python <= 3.11; the stack OpenMMLab's prebuilt mmcv 2.1.0 wheels pair with.
+#             Python <= 3.11; the stack OpenMMLab's prebuilt mmcv 2.1.0 wheels pair with;
+#   installed: the torch that is installed (2.1 or newer), its torchvision release, and mmcv
+#             built for it (or an mmcv with working ops already installed, e.g. from OpenMMLab).
 # Both: mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, timm >= 1.0.30,<1.1. Every pip call
 # that could otherwise resolve another torch (or NumPy) pins them in the same command. A torch
 # of the stack's version that is already installed (e.g. a CPU or CUDA build from PyTorch's own
@@ -33,15 +36,24 @@ while [ $# -gt 0 ]; do
     --tests) with_tests=1 ;;
     --stack) stack="${2:-}"; shift ;;
     --stack=*) stack="${1#--stack=}" ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
-    *) echo "[install] unknown option $1 (use --tests, --stack torch2.1|torch2.13)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "[install] unknown option $1 (use --tests, --stack torch2.1|torch2.13|installed)" >&2; exit 2 ;;
   esac
   shift
 done
 case "$stack" in
   torch2.13) TORCH_VER=2.13.0; TV_VER=0.28.0; PINS=("torch==2.13.0"); wheels_default="$here/../shared/wheels" ;;
   torch2.1) TORCH_VER=2.1.2; TV_VER=0.16.2; PINS=("torch==2.1.2" "numpy<2"); wheels_default="$here/../shared/wheels/torch2.1" ;;
-  *) echo "[install] unknown stack '$stack' (use torch2.1 or torch2.13)" >&2; exit 2 ;;
+  installed)
+    TORCH_VER="$("$PY" -c 'from importlib.metadata import version; print(version("torch").split("+")[0])' 2>/dev/null)" \
+      || { echo "[install] --stack installed: no torch is installed in $PY" >&2; exit 2; }
+    minor="$(echo "$TORCH_VER" | cut -d. -f2)"
+    if [ "${TORCH_VER%%.*}" != 2 ] || [ "$minor" -lt 1 ]; then
+      echo "[install] torch $TORCH_VER is older than 2.1, the oldest torch iformer_mm supports" >&2; exit 2
+    fi
+    TV_VER="0.$((minor + 15)).*"; PINS=("torch==$TORCH_VER"); wheels_default=/nonexistent
+    if [ "$minor" -lt 3 ]; then PINS+=("numpy<2"); fi ;;
+  *) echo "[install] unknown stack '$stack' (use torch2.1, torch2.13 or installed)" >&2; exit 2 ;;
 esac
 pip_() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
