@@ -9,6 +9,11 @@ with the backbones its users compare it with.
   ``forward_intermediates``: CAFormer, ConvFormer, PoolFormer v1/v2, IdentityFormer, ...) and
   ``iformer_mm.MobileIFormer`` (the ICLR 2025 mobile iFormer's dense models).
 
+and, when mmengine is installed, makes mmengine read local checkpoint files safely on every
+torch: tensors plus the training-state classes mmengine writes, nothing else
+(:func:`iformer_mm.engine.trusted_runs.load_from_local_safely`; what this means for other
+checkpoints read in the same process: docs/reliability.md).
+
 Layout: :mod:`.models` (the reference model, timm and mm adapters), :mod:`.ops` (fast kernels
 beside the modules they stand in for), :mod:`.pretrained` (the one safe checkpoint loader),
 :mod:`.registry`, :mod:`.build` (the one config -> model builder), :mod:`.cli` (the one tool
@@ -26,3 +31,6 @@ try:  # the OpenMMLab backbones (registered when mmengine is installed)
     __all__ += ['IFormer', 'MobileIFormer', 'TimmBackbone']
 except ImportError:
     pass
+else:  # mmengine is installed: its loads of local checkpoints go through our allow-list
+    from .engine.trusted_runs import register_mmengine_loader
+    register_mmengine_loader()

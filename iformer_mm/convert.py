@@ -14,6 +14,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
+from .compat import safe_globals
 from .models import ARCH_SETTINGS, InceptionTransformer
 from .pretrained import (CheckpointError, extract_state_dict, infer_arch, load_checkpoint_file,
                          load_state_dict_into)
@@ -49,7 +50,7 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Any:
     from .engine.trusted_runs import trusted_globals
     _logger.warning(f'{path}: holds training state (--trust-pickle): reading it with the allow-list '
                     'argparse.Namespace + mmengine logger classes, still weights_only=True')
-    with torch.serialization.safe_globals(trusted_globals() + [argparse.Namespace]):
+    with safe_globals(trusted_globals() + [argparse.Namespace], what=os.fspath(path), error=CheckpointError):
         return load_checkpoint_file(path)
 
 

@@ -24,6 +24,8 @@ from torch import nn
 
 from timm.layers import resample_abs_pos_embed_nhwc
 
+from .compat import safe_globals
+
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
@@ -113,13 +115,18 @@ def _first_sentence(e: Exception) -> str:
     return text.split('. ')[0][:160]
 
 
-# torch words a refused global two ways: "Unsupported global: GLOBAL a.b" (not allowlisted) and
-# "unsupported GLOBAL posix.system whose module posix is blocked" (blocked module).
-_GLOBAL_RE = re.compile(r'[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)')
+# torch words a refused global three ways: "Unsupported global: GLOBAL a.b" (not allowlisted),
+# "unsupported GLOBAL posix.system whose module posix is blocked" (blocked module) and, before
+# torch 2.4, "Unsupported class posix.system".
+_GLOBAL_RE = re.compile(r'[Uu]nsupported (?:global: )?(?:GLOBAL|class) ([\w.]+)')
 
 
-def _refused(path: str, e: Exception) -> CheckpointError:
-    """Say *why* safe loading refused ``path``: a Python object it names, or not a checkpoint."""
+def _refused(path: str, e: Exception, allow_list: bool = False) -> CheckpointError:
+    """Say *why* safe loading refused ``path``: a Python object it names, or not a checkpoint.
+
+    ``allow_list``: the refusing load already allowed the training-state classes of
+    :mod:`iformer_mm.engine.trusted_runs` (mmengine's loader once ``iformer_mm`` is imported).
+    """
     text = str(e)
     m = _GLOBAL_RE.search(text)
     with open(path, 'rb') as f:
@@ -135,7 +142,11 @@ def _refused(path: str, e: Exception) -> CheckpointError:
             f'{head!r}, size {os.path.getsize(path)} bytes). Re-download it; a failed download '
             'often saves an HTML error page under the .pth name.')
     name = m.group(1)
-    if name.startswith(('mmengine.', 'numpy.')):
+    if allow_list and name.startswith(('mmengine.', 'numpy.')):
+        hint = ('it is not one of the training-state classes iformer_mm allows in a run checkpoint '
+                '(docs/reliability.md), so nothing was unpickled. Re-save the weights of a model '
+                'you trust as a plain state_dict (torch.save(model.state_dict(), path)).')
+    elif name.startswith(('mmengine.', 'numpy.')):
         hint = ('it looks like an mmengine training checkpoint (optimizer/logger state). To resume '
                 'or test it use tools/train.py --resume / tools/test.py, which trust only the '
                 'checkpoint classes in docs/reliability.md; to use its weights as pretrained weights '
@@ -150,17 +161,18 @@ def _refused(path: str, e: Exception) -> CheckpointError:
         f'object {name!r}, and unpickling it could run code; {hint}')
 
 
-def explain_load_error(exc: BaseException, path: Optional[str]) -> Optional[str]:
-    """One clear message for a checkpoint that mmengine's loader (resume / load_from / testing)
-    failed on, or ``None`` when ``exc`` is not a checkpoint-reading error.
+def explain_load_error(exc: BaseException, path: Optional[str], allow_list: bool = False) -> Optional[str]:
+    """One clear message for a checkpoint that mmengine's loader (resume / load_from / testing /
+    the inference APIs) failed on, or ``None`` when ``exc`` is not a checkpoint-reading error.
 
     torch's own text for a refused file suggests ``weights_only=False``; ours says what the file
-    holds and never recommends disabling safe loading.
+    holds and never recommends disabling safe loading. ``allow_list``: the load already allowed
+    our runs' training-state classes (see :func:`_refused`).
     """
     name = path or 'the checkpoint'
     if isinstance(exc, pickle.UnpicklingError):
         if path and os.path.isfile(path):
-            return str(_refused(path, exc))
+            return str(_refused(path, exc, allow_list))
         return f'{name} was refused by safe loading (weights_only=True): {_first_sentence(exc)}'
     if isinstance(exc, (RuntimeError, EOFError)) and (
             'PytorchStreamReader' in str(exc) or isinstance(exc, EOFError)):
@@ -466,14 +478,15 @@ def mobile_iformer_safe_globals() -> List[Any]:
     NumPy 2 moved it to ``numpy._core``.
     """
     import argparse
+    import importlib
 
     import numpy as np
-    core = np._core if hasattr(np, '_core') else np.core
-    scalar = core.multiarray.scalar
+    numpy2 = np.lib.NumpyVersion(np.__version__) >= '2.0.0'
+    scalar = importlib.import_module('numpy._core.multiarray' if numpy2 else 'numpy.core.multiarray').scalar
     # dtype classes (NumPy >= 1.25 gives each dtype its own class) of the scalars such files hold
     dtypes = {type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')}
     allowed: List[Any] = [argparse.Namespace, np.dtype, scalar, *sorted(dtypes, key=str)]
-    if np.lib.NumpyVersion(np.__version__) >= '2.0.0':
+    if numpy2:
         allowed.append((scalar, 'numpy.core.multiarray.scalar'))
     return allowed
 
@@ -499,7 +512,8 @@ def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Ma
 
     full_shapes = getattr(model, 'full_shapes', None) or {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
-        with torch.serialization.safe_globals(mobile_iformer_safe_globals()):
+        what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else 'the checkpoint'
+        with safe_globals(mobile_iformer_safe_globals(), what=what, error=CheckpointError):
             return load_timm_weights(model, checkpoint, full_shapes=full_shapes, filter_fn=checkpoint_filter_fn,
                                      filter_model=getattr(model, '_timm_model', model), strict=strict,
                                      use_ema=use_ema, allowed_missing=allowed_missing, log=log)

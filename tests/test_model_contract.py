@@ -207,3 +207,26 @@ def test_arch_dict_and_validation():
         InceptionTransformer(dict(depths=[1, 1, 1, 1], embed_dims=[64] * 4, attention_heads=[1]))
     with pytest.raises(ValueError, match='positive and even'):
         InceptionTransformer(dict(depths=[1, 1, 1, 1], embed_dims=[64] * 4, attention_heads=[2, 1, 1, 1]))
+
+
+@pytest.mark.parametrize('index', [0, 1, 2, 3])
+def test_pruned_model_ends_at_its_tap(index):
+    """timm's prune contract: after ``prune_intermediate_layers([i], prune_norm=True)``,
+    ``forward_features`` (eager and TorchScript) ends at stage ``i``'s map, every parameter left
+    is used, and ``forward_intermediates`` still returns the same tap."""
+    import copy
+    model = InceptionTransformer(dict(depths=[1, 1, 2, 1], embed_dims=[64, 64, 96, 128],
+                                      attention_heads=[1, 1, 1, 2, 3]), num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        tap = model.forward_intermediates(x, intermediates_only=True)[index]
+        pruned = copy.deepcopy(model)
+        pruned.prune_intermediate_layers([index], prune_norm=True)
+        assert pruned.num_stages_built == index + 1
+        torch.testing.assert_close(pruned.forward_features(x).permute(0, 3, 1, 2), tap, rtol=0, atol=0)
+        torch.testing.assert_close(torch.jit.script(pruned).forward_features(x).permute(0, 3, 1, 2), tap)
+        final, (again,) = pruned.forward_intermediates(x, indices=[index])
+        torch.testing.assert_close(again, tap, rtol=0, atol=0)
+    pruned.train()
+    pruned(x).sum().backward()
+    assert not [n for n, p in pruned.named_parameters() if p.grad is None]

@@ -1,14 +1,17 @@
 """Is this Python environment able to run iformer_mm? Versions, a verdict, and the fix.
 
-Run ``python -m iformer_mm.engine.stack_check`` (or ``python tools/misc/check_env.py``). It prints the
+Run ``python -m iformer_mm.env`` (or ``python tools/misc/check_env.py``). It prints the
 versions of torch, torchvision, timm, mmengine, mmcv (and whether its C++ ops load and run),
 mmdet and mmseg, then one line per problem with the command that fixes it, and exits with 1
 when something required is broken (0 otherwise), so CI and install scripts can gate on it.
 
-Version rules come from what was measured to work together (``tools/install.sh``): mmdet 3.3
-and mmseg 1.2 refuse mmcv >= 2.2; mmengine 0.10.x; torchvision must be the release made for
-the installed torch. The checks are split into :func:`check_versions` (pure: versions in,
-findings out; unit-tested with made-up versions) and :func:`check_runtime` (imports things).
+Version rules come from what was measured to work together (``tools/install.sh``; README,
+"Supported versions"): inside the tested range (:data:`TESTED`) a version is OK, outside it a
+warning, and an error where it is known to break (torch < 2.1, timm < 1.0.30, NumPy 2 on a
+torch built against NumPy 1, mmcv >= 2.2 for mmdet 3.3 / mmseg 1.2, an mmcv whose C++ ops were
+compiled for another torch). torchvision must be the release made for the installed torch.
+The checks are split into :func:`check_versions` (pure: versions in, findings out; unit-tested
+with made-up versions) and :func:`check_runtime` (imports things).
 Tools call :func:`require_stack` first so a broken install fails in a second, with the fix,
 instead of with ``No module named 'mmcv._ext'`` deep inside a model build.
 """
@@ -19,12 +22,11 @@ import importlib
 import importlib.metadata as metadata
 import json
 import platform
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['Finding', 'StackError', 'KNOWN_GOOD', 'installed_versions', 'check_versions',
+__all__ = ['Finding', 'StackError', 'KNOWN_GOOD', 'TESTED', 'MMCV_REBUILD', 'installed_versions', 'check_versions',
            'check_runtime', 'collect', 'format_report', 'require_stack', 'main']
 
 # The combination tools/install.sh installs and CI runs (see ../shared/STACK.md).
@@ -35,6 +37,15 @@ KNOWN_GOOD: Dict[str, str] = {
 # Oldest timm everything here works with (TimmBackbone over MetaFormers, mobile iFormer).
 TIMM_FLOOR: Tuple[int, int, int] = (1, 0, 30)
 _TIMM_FLOOR_STR = '.'.join(map(str, TIMM_FLOOR))
+#: [low, high) of what CI or a hand check ran (README "Supported versions"); outside: a warning.
+TESTED: Dict[str, Tuple[str, str]] = {
+    'torch': ('2.1.0', '2.15.0'), 'timm': (_TIMM_FLOOR_STR, '1.1.0'), 'numpy': ('1.26.0', '3.0.0'),
+    'python': ('3.10.0', '3.14.0'),
+}
+# Known to break below these: the package uses torch 2.1 APIs; NumPy 1.25 added numpy.dtypes
+# (the allow-list of run checkpoints names its classes); torch wheels before 2.3 were built
+# against NumPy 1 and cannot use NumPy 2 ("compiled using NumPy 1.x cannot be run in NumPy 2").
+_TORCH_FLOOR, _NUMPY_FLOOR, _NUMPY2_TORCH = (2, 1, 0), (1, 25, 0), (2, 3, 0)
 # Distribution names whose versions are printed (import name differs for a few).
 _DISTS = ('torch', 'torchvision', 'timm', 'mmengine', 'mmcv', 'mmcv-lite', 'mmdet',
           'mmsegmentation', 'numpy', 'opencv-python', 'opencv-python-headless', 'setuptools',
@@ -42,6 +53,11 @@ _DISTS = ('torch', 'torchvision', 'timm', 'mmengine', 'mmcv', 'mmcv-lite', 'mmde
 
 MMCV_FIX = ('pip uninstall -y mmcv mmcv-lite && MMCV_WITH_OPS=1 MAX_JOBS=2 '
             'pip install --no-build-isolation mmcv==2.1.0   (or run tools/install.sh)')
+# pip keys its wheel cache by mmcv's version, not by the torch a wheel was compiled against: a
+# wheel built for another torch is reused; only a build without the cache fixes that.
+MMCV_REBUILD = ('MMCV_WITH_OPS=1 MAX_JOBS=2 pip install --no-cache-dir --force-reinstall --no-deps '
+                '--no-build-isolation mmcv==2.1.0   (compiles it for the installed torch, 7-25 min; '
+                'tools/install.sh does this by itself)')
 
 
 class StackError(RuntimeError):
@@ -59,7 +75,8 @@ class Finding:
         message: what was found.
         fix: the command or change that fixes it (empty when ``level == 'ok'``).
         tasks: which tasks need the component: any of ``'core'``, ``'mm'``, ``'det'``,
-            ``'seg'``, ``'timm'``.
+            ``'seg'``, ``'timm'``; empty for a version outside the tested range, which is
+            reported but blocks nothing.
     """
 
     component: str
@@ -87,8 +104,8 @@ def _in_range(version: str, low: str, high: str) -> bool:
 
 
 def installed_versions(dists: Sequence[str] = _DISTS) -> Dict[str, Optional[str]]:
-    """Installed distribution versions from package metadata (imports nothing heavy)."""
-    out: Dict[str, Optional[str]] = {}
+    """Python's and the installed distributions' versions from package metadata (imports nothing heavy)."""
+    out: Dict[str, Optional[str]] = {'python': platform.python_version()}
     for name in dists:
         try:
             out[name] = metadata.version(name)
@@ -114,13 +131,22 @@ def check_versions(versions: Mapping[str, Optional[str]]) -> List[Finding]:
     if torch_v is None:
         found.append(Finding('torch', 'error', 'torch is not installed',
                              'pip install torch==2.13.0 (CPU or the CUDA build for your driver)'))
-    elif _parse(torch_v) < (1, 13, 0):
-        found.append(Finding('torch', 'error', f'torch {torch_v} is older than 1.13',
-                             'pip install torch==2.13.0'))
+    elif _parse(torch_v) < _TORCH_FLOOR:
+        found.append(Finding('torch', 'error', f'torch {torch_v} is older than 2.1, the oldest torch '
+                             'iformer_mm supports', 'pip install torch==2.13.0  (or torch==2.1.2 '
+                             'torchvision==0.16.2 "numpy<2" for prebuilt mmcv 2.1.0: bash tools/install.sh '
+                             '--stack torch2.1)'))
+    elif not _in_range(torch_v, *TESTED['torch']):
+        found.append(Finding('torch', 'warn', f'torch {torch_v} is newer than the tested range '
+                             f'[{TESTED["torch"][0]}, {TESTED["torch"][1]}): expected to work, not tested',
+                             f'pip install torch=={KNOWN_GOOD["torch"]} for the tested stack', tasks=()))
     else:
         note = (' (loads checkpoints with weights_only=True by default; iformer_mm handles it: '
                 'see docs/reliability.md)' if _parse(torch_v) >= (2, 6, 0) else '')
         found.append(Finding('torch', 'ok', f'torch {torch_v}{note}'))
+
+    found += _check_numpy(v.get('numpy'), torch_v)
+    found += _check_python(v.get('python'))
 
     tv = v.get('torchvision')
     if tv is None:
@@ -146,6 +172,11 @@ def check_versions(versions: Mapping[str, Optional[str]]) -> List[Finding]:
         # 1.0.30: the mobile iFormer models.
         found.append(Finding('timm', 'error', f'timm {timm_v} is older than {_TIMM_FLOOR_STR}',
                              f'pip install "timm>={_TIMM_FLOOR_STR}" torch=={_plain(torch_v)}', tasks=('timm',)))
+    elif not _in_range(timm_v, *TESTED['timm']):
+        found.append(Finding('timm', 'warn', f'timm {timm_v} is outside the tested range '
+                             f'[{TESTED["timm"][0]}, {TESTED["timm"][1]})',
+                             f'pip install "timm>={_TIMM_FLOOR_STR},<{TESTED["timm"][1]}" '
+                             f'torch=={_plain(torch_v)}', tasks=()))
     else:
         found.append(Finding('timm', 'ok', f'timm {timm_v}', tasks=('timm',)))
 
@@ -195,6 +226,36 @@ def check_versions(versions: Mapping[str, Optional[str]]) -> List[Finding]:
     return found
 
 
+def _check_numpy(np_v: Optional[str], torch_v: Optional[str]) -> List[Finding]:
+    """NumPy 1.26 and 2.x are tested; NumPy 2 breaks torch builds made against NumPy 1."""
+    if np_v is None:  # a requirement of the package: pip installs it
+        return []
+    torch_pin = f' torch=={_plain(torch_v)}'
+    if torch_v and _parse(np_v)[0] >= 2 and _parse(torch_v) < _NUMPY2_TORCH:
+        return [Finding('numpy', 'error', f'numpy {np_v} with torch {torch_v}: this torch was built '
+                        'against NumPy 1 and cannot use NumPy 2', f'pip install "numpy<2"{torch_pin}')]
+    if _parse(np_v) < _NUMPY_FLOOR:
+        return [Finding('numpy', 'error', f'numpy {np_v} is older than 1.25 (no numpy.dtypes, which '
+                        'loading run checkpoints needs)', f'pip install "numpy>=1.26"{torch_pin}')]
+    if not _in_range(np_v, *TESTED['numpy']):
+        return [Finding('numpy', 'warn', f'numpy {np_v} is outside the tested 1.26 and 2.x',
+                        f'pip install "numpy>=1.26,<3"{torch_pin}', tasks=())]
+    return [Finding('numpy', 'ok', f'numpy {np_v}')]
+
+
+def _check_python(py_v: Optional[str]) -> List[Finding]:
+    """Python 3.10+ (torch 2.13 needs it); newer than tested: a warning."""
+    if py_v is None:
+        return []
+    if _parse(py_v) < _parse(TESTED['python'][0]):
+        return [Finding('python', 'error', f'Python {py_v} is older than 3.10',
+                        'use Python >= 3.10 (PYTHON=python3.11 bash tools/install.sh)')]
+    if not _in_range(py_v, *TESTED['python']):
+        return [Finding('python', 'warn', f'Python {py_v} is newer than the tested 3.10-3.13: '
+                        'expected to work if torch and mmcv have builds for it', '', tasks=())]
+    return [Finding('python', 'ok', f'Python {py_v}')]
+
+
 def _plain(torch_v: Optional[str]) -> str:
     return (torch_v or KNOWN_GOOD['torch']).split('+')[0]
 
@@ -211,8 +272,12 @@ def _try(component: str, tasks: Tuple[str, ...], fix: str, fn) -> Finding:
         msg = fn()
         return Finding(component, 'ok', msg or 'ok', tasks=tasks)
     except Exception as e:  # any failure here is the finding itself
-        first = (str(e).strip().splitlines() or [''])[0][:200]
-        return Finding(component, 'error', f'{type(e).__name__}: {first}', fix, tasks=tasks)
+        return _failed(component, tasks, fix, e)
+
+
+def _failed(component: str, tasks: Tuple[str, ...], fix: str, e: Exception) -> Finding:
+    first = (str(e).strip().splitlines() or [''])[0][:200]
+    return Finding(component, 'error', f'{type(e).__name__}: {first}', fix, tasks=tasks)
 
 
 def _mmcv_ops() -> str:
@@ -223,6 +288,21 @@ def _mmcv_ops() -> str:
     if keep.tolist() != [0, 2]:
         raise RuntimeError(f'mmcv.ops.nms returned {keep.tolist()}, expected [0, 2]')
     return 'mmcv._ext loads; nms runs on CPU'
+
+
+def _mmcv_ops_finding(torch_v: Optional[str]) -> Finding:
+    """mmcv's C++ ops: missing (built without ops) or compiled for another torch (undefined symbol)."""
+    tasks = ('det', 'seg')
+    try:
+        return Finding('mmcv ops', 'ok', _mmcv_ops(), tasks=tasks)
+    except Exception as e:  # noqa: BLE001  (the failure is the finding)
+        text = str(e)
+        if 'undefined symbol' not in text:
+            return _failed('mmcv ops', tasks, 'mmcv was installed without its C++ ops: ' + MMCV_FIX, e)
+    symbol = text.split('undefined symbol:')[-1].strip()[:48]
+    return Finding('mmcv ops', 'error', f'mmcv._ext was compiled for another torch, not torch {torch_v} '
+                   f"(undefined symbol: {symbol}...): a wheel from pip's cache or a --find-links folder "
+                   'built against a different torch; rebuild it without the cache', MMCV_REBUILD, tasks=tasks)
 
 
 def _import(name: str) -> str:
@@ -252,8 +332,7 @@ def check_runtime(versions: Mapping[str, Optional[str]], heavy: bool = True) -> 
                     'pip install "setuptools>=77.0.3,<81"  (setuptools 81+ has no pkg_resources, which '
                     "mmengine's mmdet::/mmseg:: config lookup needs)", lambda: _import('pkg_resources')))
     if versions.get('mmcv'):
-        out.append(_try('mmcv ops', ('det', 'seg'), 'mmcv was installed without its C++ ops: ' + MMCV_FIX,
-                        _mmcv_ops))
+        out.append(_mmcv_ops_finding(versions.get('torch')))
     if versions.get('torchvision'):
         out.append(_try('torchvision import', ('timm',),
                         f'pip install torchvision=={_tv_for(versions.get("torch"))} '
@@ -307,7 +386,8 @@ def format_report(versions: Mapping[str, Optional[str]], findings: Sequence[Find
         lines.append(f'VERDICT: BROKEN - {len(errors)} problem(s); run the fix lines above '
                      '(or tools/install.sh for the tested stack).')
     elif warns:
-        lines.append(f'VERDICT: OK with {len(warns)} optional part(s) missing (see WARN lines).')
+        lines.append(f'VERDICT: OK with {len(warns)} warning(s): an optional part missing or a version '
+                     'outside the tested range (see WARN lines).')
     else:
         lines.append('VERDICT: OK - torch, timm, mmengine, mmcv (+ops), mmdet and mmseg work together.')
     return '\n'.join(lines)
@@ -331,7 +411,7 @@ def require_stack(task: str = 'det', heavy: bool = False) -> None:
     if bad:
         raise StackError(f'the installed packages cannot run {task!r}:\n' + '\n'.join(
             f'  - {f.component}: {f.message}\n    fix: {f.fix}' for f in bad)
-            + '\n  (python -m iformer_mm.engine.stack_check prints the full report)')
+            + '\n  (python -m iformer_mm.env prints the full report)')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -346,6 +426,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(format_report(versions, findings))
     return 1 if any(f.level == 'error' for f in findings) else 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,30 +1,43 @@
 """Which checkpoints we load, and how (see "Checkpoints and trust" in configs/detection/README.md).
 
-torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 calls ``torch.load`` without the
-argument, so checkpoints that mmengine itself saved (they hold the message hub's
-``HistoryBuffer`` objects and numpy arrays/scalars next to the tensors) are refused on resume,
-``load_from`` and testing. We do **not** switch safe loading off (no
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, no ``weights_only=False``): the runner's loads stay
-``weights_only=True`` and only the exact globals listed in
-:data:`TRUSTED_RUN_CHECKPOINT_GLOBALS` are allowed in addition — data containers that run no
-code when unpickled, and ``getattr`` restricted to the four ``HistoryBuffer`` methods mmengine
-pickles by name. Any other global in a checkpoint is still refused, whoever wrote it.
+mmengine 0.10.7 reads every local checkpoint with a bare ``torch.load(filename)``: on torch
+>= 2.6 that is ``weights_only=True``, which refuses the checkpoints mmengine itself writes (the
+message hub's ``HistoryBuffer`` objects and numpy arrays/scalars next to the tensors); on older
+torch it is ``weights_only=False``, which would run whatever code a crafted file holds.
+
+``import iformer_mm`` therefore registers :func:`load_from_local_safely` as mmengine's loader of
+local files (:func:`register_mmengine_loader`). Every mmengine load of a local path goes through
+it: resume, ``load_from``, ``tools/test.py``, ``init_cfg=dict(type='Pretrained')`` of
+mmdet/mmseg modules, and the inference APIs (``init_detector``, ``DetInferencer``,
+``init_model``, ``MMSegInferencer``). It reads tensors plus exactly the globals of
+:func:`trusted_globals` — data containers that run no code when unpickled, and ``getattr``
+restricted to the four ``HistoryBuffer`` methods mmengine pickles by name — on every torch:
+``torch.load(weights_only=True)`` with that allow-list where torch's allow-list takes it, and a
+restricted unpickler (torch's own tensor allow-list plus ours, nothing else) on older torch.
+Any other global is refused with one :class:`~iformer_mm.pretrained.CheckpointError` line,
+whoever wrote the file. We never switch safe loading off (no
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``).
 
 Pretrained backbone weights never use this allow-list: they go through
 :func:`iformer_mm.pretrained.load_checkpoint_file`, plain tensors only.
 """
 from __future__ import annotations
 
+import _compat_pickle
+import collections
 import logging
 import os
+import os.path as osp
 import pickle
+import types
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..pretrained import CheckpointError
+from ..compat import has_safe_global_aliases, safe_globals
+from ..pretrained import CheckpointError, explain_load_error
 
 logger = logging.getLogger('iformer_mm')
 
@@ -42,13 +55,17 @@ def _history_buffer_getattr(obj: Any, name: str) -> Any:
     from mmengine.logging.history_buffer import HistoryBuffer
     if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
         return getattr(HistoryBuffer, name)
+    # worded as torch words a refused global, so explain_load_error names it
     raise pickle.UnpicklingError(
-        f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer.'
-        f'{{{",".join(_HISTORY_BUFFER_METHODS)}}} are allowed (iformer_mm/engine/trusted_runs.py)')
+        f'Unsupported global: GLOBAL builtins.getattr (asked for {name!r} of {obj!r}; only '
+        f'HistoryBuffer.{{{",".join(_HISTORY_BUFFER_METHODS)}}} are allowed, iformer_mm/engine/trusted_runs.py)')
 
 
 def _numpy_globals() -> List[Any]:
-    import numpy._core.multiarray as multiarray  # numpy 2 (the pinned stack)
+    try:
+        import numpy._core.multiarray as multiarray  # numpy 2 (and 1.26's alias of it)
+    except ImportError:
+        import numpy.core.multiarray as multiarray
     out: List[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
                       # checkpoints written under numpy 1.x name the old module
                       (multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
@@ -66,43 +83,135 @@ def trusted_globals() -> List[Any]:
 
     Measured with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on an mmengine 0.10.7
     Mask R-CNN checkpoint: HistoryBuffer, numpy ndarray/dtype/_reconstruct/scalar, the
-    Float64/Int64 dtype classes and ``builtins.getattr`` (replaced by a 4-name lookup).
+    Float64/Int64 dtype classes and ``builtins.getattr`` (replaced by a 4-name lookup); and
+    ``collections.Counter`` (the milestones of a MultiStep lr schedule), which torch >= 2.4
+    allows by default and torch 2.1 does not.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
+    return ([HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr'), collections.Counter]
+            + _numpy_globals())
 
 
 #: Names of :func:`trusted_globals` (documentation and tests).
 TRUSTED_RUN_CHECKPOINT_GLOBALS: Tuple[str, ...] = (
     'mmengine.logging.history_buffer.HistoryBuffer',
-    'builtins.getattr (only HistoryBuffer.min/max/current/mean)',
+    'builtins.getattr (only HistoryBuffer.min/max/current/mean)', 'collections.Counter',
     'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct',
     'numpy._core.multiarray.scalar',
 ) + tuple(f'numpy.dtypes.{n}' for n in _NUMPY_DTYPES)
 
 
-def run_trusted(step: Callable[[], Any], checkpoint: Optional[str]) -> Any:
-    """Run ``runner.train`` / ``runner.test`` with our runs' checkpoints trusted (allow-list
-    above), turning a refused or broken ``checkpoint`` into one clear ``SystemExit`` message —
-    never torch's advice to retry with ``weights_only=False``.
+class _AllowListUnpickler(pickle.Unpickler):
+    """A pickle reader that resolves only the globals in :attr:`allowed` and refuses the rest.
+
+    Objects can only be made by calling what :meth:`find_class` returns, so a file built by
+    ``__reduce__`` (``posix.system``, ``builtins.eval``, ...) is refused before anything runs.
     """
-    from ..pretrained import explain_load_error
-    with trusted_run_checkpoints():
-        try:
-            return step()
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-            msg = explain_load_error(e, checkpoint)
-            if msg is None:
-                raise
-            raise SystemExit(f'error: {msg}') from None
+
+    allowed: Dict[str, Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        # protocol-2 pickles (torch.save's default) write Python 2 names, e.g. __builtin__.getattr
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        obj = self.allowed.get(f'{module}.{name}')
+        if obj is None:  # worded as torch words it, so explain_load_error names the object
+            raise pickle.UnpicklingError(
+                f'Unsupported global: GLOBAL {module}.{name} (not on the allow-list of '
+                'iformer_mm/engine/trusted_runs.py)')
+        return obj
+
+
+def _allow_list_pickle_module() -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` that reads with :class:`_AllowListUnpickler`.
+
+    Allowed: torch's own ``weights_only`` globals (tensor and storage rebuilding, dtypes,
+    ``OrderedDict`` ...; torch's private table, present on every torch that takes this path),
+    bytes from protocol-2 pickles (``_codecs.encode``), and :func:`trusted_globals`.
+    """
+    import codecs
+
+    from torch import _weights_only_unpickler
+    allowed = dict(_weights_only_unpickler._get_allowed_globals())
+    allowed['_codecs.encode'] = codecs.encode
+    for g in trusted_globals():
+        obj, name = g if isinstance(g, tuple) else (g, f'{g.__module__}.{g.__qualname__}')
+        allowed[name] = obj
+    unpickler = type('AllowListUnpickler', (_AllowListUnpickler,), {'allowed': allowed})
+    module = types.ModuleType('iformer_mm_allow_list_pickle')
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
+    module.load = lambda f, **kw: unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    return module
+
+
+def load_from_local_safely(filename: Union[str, os.PathLike], map_location: Any = None) -> Any:
+    """Read a local checkpoint: tensors, plain containers and :func:`trusted_globals`, nothing else.
+
+    The loader ``import iformer_mm`` registers for mmengine's local files (same signature and
+    ``FileNotFoundError`` as mmengine's ``load_from_local``). On a torch whose ``weights_only``
+    allow-list takes ``(object, name)`` entries (2.6+), ``torch.load(weights_only=True)`` with
+    :func:`trusted_globals`; on older torch (2.1-2.5) the same allow-list enforced by
+    :class:`_AllowListUnpickler` (given to ``torch.load`` as its ``pickle_module``: torch then
+    calls our ``find_class`` for every global, so nothing outside the list is ever resolved).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file holds a global outside the allow-list (one line naming it;
+            nothing was unpickled), or it is truncated/corrupt.
+    """
+    filename = osp.expanduser(os.fspath(filename))
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    try:
+        if has_safe_global_aliases():
+            with safe_globals(trusted_globals(), what=filename, error=CheckpointError):
+                return torch.load(filename, map_location=map_location, weights_only=True)
+        return torch.load(filename, map_location=map_location, weights_only=False,
+                          pickle_module=_allow_list_pickle_module())
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        msg = explain_load_error(e, filename, allow_list=True)
+        if msg is None:
+            raise
+        raise CheckpointError(msg) from None
+
+
+def register_mmengine_loader() -> None:
+    """Make :func:`load_from_local_safely` mmengine's loader of local checkpoint files.
+
+    mmengine picks a loader by path prefix; ``''`` (the fallback for every path without a
+    ``scheme://``) is its ``load_from_local``. URL and model-zoo schemes are left to mmengine.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safely, force=True)
+
+
+def run_trusted(step: Callable[[], Any], checkpoint: Optional[str]) -> Any:
+    """Run ``runner.train`` / ``runner.test``, turning a refused or broken ``checkpoint`` into one
+    clear ``SystemExit`` message — never torch's advice to retry with ``weights_only=False``.
+
+    The runner reads checkpoints with :func:`load_from_local_safely` (registered on import).
+    """
+    try:
+        return step()
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        if isinstance(e, CheckpointError):
+            raise SystemExit(f'error: {e}') from None
+        msg = explain_load_error(e, checkpoint, allow_list=True)
+        if msg is None:
+            raise
+        raise SystemExit(f'error: {msg}') from None
 
 
 @contextmanager
 def trusted_run_checkpoints() -> Iterator[None]:
-    """Within this block, ``torch.load`` (still ``weights_only=True``) also accepts the objects
-    mmengine writes into its training checkpoints — used around ``runner.train()/test()``.
+    """Within this block, a direct ``torch.load(f, weights_only=True)`` also accepts the objects
+    mmengine writes into its training checkpoints (torch >= 2.6; see
+    :func:`iformer_mm.compat.safe_globals` for older torch). mmengine's own loads need no block:
+    they go through :func:`load_from_local_safely`.
     """
-    with torch.serialization.safe_globals(trusted_globals()):
+    with safe_globals(trusted_globals()):
         yield
 
 

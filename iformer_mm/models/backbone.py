@@ -79,7 +79,6 @@ class IFormer(InceptionTransformer, DenseBackbone):
         # No classifier; stages after the last output are not built (unused parameters
         # would break DDP).
         self.prune_intermediate_layers(self.out_indices, prune_norm=True, prune_head=True)
-        self.num_stages_built = max(self.out_indices) + 1
         self.feature_info = [self.feature_info[i] for i in self.out_indices]
         self.out_channels = tuple(self.embed_dims[i] for i in self.out_indices)
         if out_norm:

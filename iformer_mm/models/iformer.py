@@ -29,6 +29,7 @@ from timm.layers import DropPath, Mlp as TimmMlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..compat import is_fx_tracing
 from ..ops import check_impl, fused_mlp, inception_mixer_cl, kernel_allowed
 from .arch import ARCH_SETTINGS, NUM_STAGES, per_stage, resolve_arch, take_indices
 
@@ -358,6 +359,7 @@ class InceptionTransformer(nn.Module):
             raise ValueError(f'window_size entries must be None or a positive int, got {window_size!r}')
         self.arch_settings = cfg
         self.depths, self.embed_dims = cfg['depths'], cfg['embed_dims']
+        self.num_stages_built = NUM_STAGES  # fewer after prune_intermediate_layers
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(self.img_size) != 2 or self.img_size[0] % 32 or self.img_size[1] % 32:
             raise ValueError(f'img_size {img_size} must be an int or (H, W) divisible by 32 (it sets '
@@ -442,7 +444,7 @@ class InceptionTransformer(nn.Module):
 
     @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
-        if isinstance(x, torch.fx.Proxy) or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        if isinstance(x, torch.fx.Proxy) or is_fx_tracing():
             return  # shapes are symbolic
         if not isinstance(x, torch.Tensor):
             raise TypeError(f'iFormer expects a tensor, got {type(x).__name__}')
@@ -483,7 +485,7 @@ class InceptionTransformer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         self._check_input(x)
         take = take_indices(NUM_STAGES, indices)
-        last = max(take) if (stop_early or intermediates_only) else NUM_STAGES - 1
+        last = max(take) if (stop_early or intermediates_only) else self.num_stages_built - 1
         intermediates = []
         for i in range(last + 1):
             x = self.forward_stage(i, x if i == 0 else x.permute(0, 3, 1, 2))
@@ -496,12 +498,17 @@ class InceptionTransformer(nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, Sequence[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        """Delete the stages after the last index in ``indices`` (and the norm/head if asked)."""
+        """Delete the stages after the last index in ``indices`` (and the norm/head if asked).
+
+        ``forward_features`` then ends at that stage (with ``prune_norm=True``, its raw tokens);
+        ``forward_intermediates`` returns its maps as before.
+        """
         take = take_indices(NUM_STAGES, indices)
         for i in range(max(take) + 1, NUM_STAGES):
             for name in (f'patch_embed{i + 1}', f'blocks{i + 1}', f'pos_embed{i + 1}'):
                 if hasattr(self, name):
                     delattr(self, name)
+        self.num_stages_built = min(self.num_stages_built, max(take) + 1)
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -512,11 +519,16 @@ class InceptionTransformer(nn.Module):
         """Stage-4 tokens after the final LayerNorm, channels-last ``(B, H/32, W/32, C)``."""
         if not torch.jit.is_scripting():
             self._check_input(x)
-        # Unrolled (not a loop over getattr) so that TorchScript can compile it.
+        # Unrolled (not a loop over getattr) so that TorchScript can compile it. A model cut by
+        # prune_intermediate_layers ends at its last kept stage; TorchScript resolves hasattr
+        # when compiling, so the branch of a deleted stage is not compiled.
         x = self.blocks1(self._tokens(self.patch_embed(self._embed_input(x)), self.pos_embed1))
-        x = self.blocks2(self._tokens(self.patch_embed2(x.permute(0, 3, 1, 2)), self.pos_embed2))
-        x = self.blocks3(self._tokens(self.patch_embed3(x.permute(0, 3, 1, 2)), self.pos_embed3))
-        x = self.blocks4(self._tokens(self.patch_embed4(x.permute(0, 3, 1, 2)), self.pos_embed4))
+        if hasattr(self, 'blocks2'):
+            x = self.blocks2(self._tokens(self.patch_embed2(x.permute(0, 3, 1, 2)), self.pos_embed2))
+        if hasattr(self, 'blocks3'):
+            x = self.blocks3(self._tokens(self.patch_embed3(x.permute(0, 3, 1, 2)), self.pos_embed3))
+        if hasattr(self, 'blocks4'):
+            x = self.blocks4(self._tokens(self.patch_embed4(x.permute(0, 3, 1, 2)), self.pos_embed4))
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -28,6 +28,8 @@ from torch import nn
 from torch.nn.modules import module as _module
 from torch.nn.utils import parametrize
 
+from ..compat import autocast_dtype, is_graph_capture
+
 __all__ = ['IMPLS', 'MEASURED_WINS', 'check_impl', 'compute_dtype', 'kernel_allowed', 'is_graph_capture']
 
 IMPLS = ('auto', 'reference', 'fast')
@@ -53,18 +55,9 @@ def check_impl(impl: str) -> str:
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast would run a matmul in for ``x`` (``x.dtype`` without autocast)."""
     dev = x.device.type
-    if x.is_floating_point() and dev in _AUTOCAST_DEVICES and torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
+    if x.is_floating_point() and dev in _AUTOCAST_DEVICES:
+        return autocast_dtype(dev) or x.dtype
     return x.dtype
-
-
-def is_graph_capture() -> bool:
-    """True while TorchScript, torch.fx, torch.compile or the ONNX exporter records the model."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-        return True
-    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
 
 
 def _has_hooks(m: nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""Print the versions of the OpenMMLab/timm stack and a verdict with fixes (same as ``python -m iformer_mm.engine.stack_check``).
+"""Print the versions of the OpenMMLab/timm stack and a verdict with fixes (same as ``python -m iformer_mm.env``).
 
 Usage: ``python tools/misc/check_env.py [--quick] [--json]``; exit status 1 when something is broken.
 """

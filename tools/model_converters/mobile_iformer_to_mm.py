@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from iformer_mm.cli import main_entry
+from iformer_mm.compat import safe_globals
 from iformer_mm.convert import read_checkpoint, save_plain
 from iformer_mm.pretrained import CheckpointError, extract_state_dict, mobile_iformer_safe_globals
 
@@ -67,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
     p.add_argument('--trust-pickle', action='store_true',
                    help="also allow mmengine's logging objects when reading (still weights_only=True)")
     args = p.parse_args(argv)
-    with torch.serialization.safe_globals(mobile_iformer_safe_globals()):
+    with safe_globals(mobile_iformer_safe_globals(), what=args.src, error=CheckpointError):
         obj = read_checkpoint(args.src, args.trust_pickle)
     sd = convert(obj)
     if args.config:
