@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.drop_path_rate=0.2 '
                         "(note: custom_imports must be in the config file itself)")
+    parser.add_argument('--verbose', action='store_true',
+                        help="also print mmengine's whole config on screen (it is always written to the "
+                        'work dir and the log file)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     # torch.distributed.launch passes --local-rank (older torch: --local_rank)
@@ -111,7 +114,7 @@ def main(argv=None) -> None:
 
     init_distributed(cfg, args.launcher)
     try:
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, verbose=args.verbose)
         # Checkpoints of our own runs (resume, load_from) hold mmengine/numpy objects: allow
         # exactly those, loading stays weights_only (iformer_mm/engine/trusted_runs.py).
         run_trusted(runner.train, cfg.get('load_from'))
