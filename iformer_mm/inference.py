@@ -29,12 +29,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['IMAGE_EXTENSIONS', 'VIDEO_EXTENSIONS', 'InferenceError', 'InferenceSummary', 'build_inferencer',
+__all__ = ['IMAGE_EXTENSIONS', 'VIDEO_EXTENSIONS', 'InferenceError', 'InferenceSummary', 'Inputs', 'build_inferencer',
            'classes_from', 'check_checkpoint_fits', 'collect_inputs', 'infer']
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg')
-_TASKS = {'mmdet': 'det', 'mmseg': 'seg'}
 
 
 class InferenceError(ValueError):
@@ -42,18 +41,6 @@ class InferenceError(ValueError):
 
 
 # ----------------------------------------------------------------------------- config and classes
-def task_of(cfg: Any, config_path: str) -> str:
-    """``'det'`` or ``'seg'`` from the config's ``default_scope`` (what mmdet/mmseg configs set)."""
-    scope = cfg.get('default_scope')
-    if scope not in _TASKS or 'model' not in cfg:
-        raise InferenceError(
-            f'{config_path} is neither an MMDetection detector nor an MMSegmentation segmentor config '
-            f"(default_scope={scope!r}, {'a' if 'model' in cfg else 'no'} model): give the config the "
-            'checkpoint was trained with, e.g. one of configs/detection/ or configs/segmentation/, or the '
-            'copy tools/train.py wrote into its work dir.')
-    return _TASKS[scope]
-
-
 def _coco_categories(path: str) -> Tuple[List[str], Optional[List]]:
     try:
         with open(path) as f:
@@ -86,8 +73,12 @@ def classes_from(path: str) -> Tuple[List[str], Optional[List]]:
         raise InferenceError(f'--classes-from {path}: no such file (give a COCO annotation json or a config)')
     if path.endswith('.json'):
         return _coco_categories(path)
-    from mmengine.config import Config
-    classes, palette = _dataset_meta_of_config(Config.fromfile(path))
+    from .build import ConfigError, load_config
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        raise InferenceError(f'--classes-from {path}: {e}') from None
+    classes, palette = _dataset_meta_of_config(cfg)
     if not classes:
         raise InferenceError(f'--classes-from {path}: its test dataset names no classes; give a COCO json '
                              'or a config whose dataset has metainfo=dict(classes=...)')
@@ -177,8 +168,7 @@ def build_inferencer(config: str, weights: str, device: Optional[str] = None,
             checkpoint of another model, class names that do not fit the model.
         SystemExit: a checkpoint that cannot be read (corrupt, refused by safe loading).
     """
-    from mmengine.config import Config
-
+    from .build import ConfigError, load_config, strip_pretrained, task_of
     from .engine.trusted_runs import run_trusted
     for what, path in (('config', config), ('checkpoint', weights)):
         if not osp.isfile(path):
@@ -188,8 +178,14 @@ def build_inferencer(config: str, weights: str, device: Optional[str] = None,
         import torch
         if not torch.cuda.is_available():
             raise InferenceError(f'--device {device}: no CUDA GPU is available here; use --device cpu')
-    cfg = Config.fromfile(config)
-    task = task_of(cfg, config)
+    try:
+        cfg = load_config(config)
+        task = task_of(cfg)
+    except ConfigError as e:
+        raise InferenceError(f'{config} is neither an MMDetection detector nor an MMSegmentation segmentor '
+                             f'config ({e}); give the config the checkpoint was trained with (configs/detection/, '
+                             'configs/segmentation/, or the copy in the run\'s work dir)') from None
+    strip_pretrained(cfg.model)  # the checkpoint has every weight; a backbone file is not needed
     cls = _inferencer_classes()[task]
 
     def build():
@@ -263,14 +259,26 @@ def _decodes(path: str) -> bool:
         return False
 
 
-def collect_inputs(paths: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
-    """Split the command line's inputs into images, videos and skipped (undecodable) folder images.
+@dataclass
+class Inputs:
+    """The command line's inputs, checked: readable images, videos, skipped folder images."""
+
+    images: List[str] = field(default_factory=list)
+    videos: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+
+
+def collect_inputs(paths: Sequence[str]) -> Inputs:
+    """Check every input before a model is built: images decode, videos open.
+
+    An image of a folder that does not decode is skipped with a warning; anything else wrong
+    raises.
 
     Raises:
         InferenceError: a path that does not exist, a folder without images, a single file that
-            is neither a readable image nor a video.
+            is neither a readable image nor a readable video.
     """
-    images, videos, skipped = [], [], []
+    out = Inputs()
     for p in paths:
         if osp.isdir(p):
             found = sorted(osp.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
@@ -278,21 +286,22 @@ def collect_inputs(paths: Sequence[str]) -> Tuple[List[str], List[str], List[str
                 raise InferenceError(f'folder {p} has no images ({", ".join(IMAGE_EXTENSIONS)})')
             for f in found:
                 if _decodes(f):
-                    images.append(f)
+                    out.images.append(f)
                 else:
                     warnings.warn(f'skipping {f}: it cannot be decoded as an image (corrupt or not an image)',
                                   stacklevel=2)
-                    skipped.append(f)
+                    out.skipped.append(f)
         elif not osp.exists(p):
             raise InferenceError(f'input {p!r} not found: give image files, a folder of images or a video')
         elif p.lower().endswith(VIDEO_EXTENSIONS):
-            videos.append(p)
+            _video_info(p)
+            out.videos.append(p)
         elif _decodes(p):
-            images.append(p)
+            out.images.append(p)
         else:
             raise InferenceError(f'cannot decode {p} as an image (corrupt, or not an image; videos must end in '
                                  f'{", ".join(VIDEO_EXTENSIONS)})')
-    return images, videos, skipped
+    return out
 
 
 def _video_info(path: str) -> Tuple[int, float]:
@@ -388,16 +397,17 @@ def _fit(bgr: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(bgr[:h, :w])
 
 
-def infer(inferencer: Any, task: str, inputs: Sequence[str], out_dir: str, score_thr: float = 0.3,
+def infer(inferencer: Any, task: str, inputs: Inputs, out_dir: str, score_thr: float = 0.3,
           progress: bool = True) -> InferenceSummary:
-    """Predict every input, write pictures to ``out_dir/vis`` and predictions to ``out_dir/preds``."""
+    """Predict every input (:func:`collect_inputs`), write pictures to ``out_dir/vis`` and
+    predictions to ``out_dir/preds``."""
     import cv2
     import mmcv
     from tqdm import tqdm
-    images, videos, skipped = collect_inputs(inputs)
+    images, videos = inputs.images, inputs.videos
     infos = {v: _video_info(v) for v in videos}
     total = len(images) + sum(n for n, _ in infos.values())
-    out = InferenceSummary(out_dir, skipped=skipped)
+    out = InferenceSummary(out_dir, skipped=list(inputs.skipped))
     os.makedirs(osp.join(out_dir, 'vis'), exist_ok=True)
     os.makedirs(osp.join(out_dir, 'preds'), exist_ok=True)
     meta = inferencer.model.dataset_meta

@@ -58,11 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse_args(argv)
-    from iformer_mm.inference import InferenceError, build_inferencer, infer
+    from iformer_mm.inference import InferenceError, build_inferencer, collect_inputs, infer
     try:
+        inputs = collect_inputs(args.inputs)  # before the model is built: bad input fails in a second
         inferencer, task = build_inferencer(args.config, args.checkpoint, device=args.device,
                                             classes_file=args.classes_from, amp=args.amp)
-        summary = infer(inferencer, task, args.inputs, args.out_dir, score_thr=args.score_thr,
+        summary = infer(inferencer, task, inputs, args.out_dir, score_thr=args.score_thr,
                         progress=not args.no_progress)
     except InferenceError as e:
         raise SystemExit(f'error: {e}') from None
