@@ -137,6 +137,13 @@ def _inferencer_classes():
     from mmseg.apis import MMSegInferencer
 
     class _Checked:
+        def __init__(self, cfg: Any, weights: str, device: Optional[str], config_name: str) -> None:
+            self._weights_name, self._config_name = weights, config_name
+            with warnings.catch_warnings():  # mmdet: no palette in the config -> set below
+                warnings.filterwarnings('ignore', message='palette does not exist')
+                warnings.filterwarnings('ignore', message='Failed to add <class')  # no save_dir: none needed
+                super().__init__(model=cfg, weights=weights, device=device)
+
         def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
             self.checkpoint_meta = None
             if checkpoint is not None:
@@ -188,15 +195,8 @@ def build_inferencer(config: str, weights: str, device: Optional[str] = None,
     strip_pretrained(cfg.model)  # the checkpoint has every weight; a backbone file is not needed
     cls = _inferencer_classes()[task]
 
-    def build():
-        inf = cls.__new__(cls)
-        inf._weights_name, inf._config_name = weights, config
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='palette does not exist')
-            cls.__init__(inf, model=cfg, weights=weights, device=device)
-        return inf
     # our training checkpoints hold mmengine/numpy objects: the allow-list, still weights_only
-    inferencer = run_trusted(build, weights)
+    inferencer = run_trusted(lambda: cls(cfg, weights, device, config), weights)
     inferencer.show_progress = False  # one tqdm bar over all inputs instead (infer)
     _set_classes(inferencer, task, cfg, config, classes_file)
     if amp:

@@ -136,6 +136,29 @@ def test_layer_decay_config_lr_falls_off_by_depth():
     assert wd['backbone.blocks1.0.attn.low_mixer.qkv.weight'] == pytest.approx(0.05)
 
 
+def test_config_record_stays_off_the_console_but_in_the_log_file(tmp_path, capsys):
+    """What tools/train.py and tools/test.py build their Runner in: mmengine's config record
+    becomes one line naming where the config is; other records print; the log file keeps all."""
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+
+    from iformer_mm.engine.console import config_to_work_dir
+    (tmp_path / 'tiny.py').write_text(f"work_dir = {str(tmp_path / 'wd')!r}\n")
+    cfg = Config.fromfile(str(tmp_path / 'tiny.py'))
+    with config_to_work_dir(cfg):
+        logger = MMLogger.get_instance('config_off_console', log_file=str(tmp_path / 'run.log'))
+    logger.info('Config:\nmodel = dict(type=\'MaskRCNN\')')
+    logger.info('Iter(train) [1/1]')
+    out = capsys.readouterr().out
+    assert 'MaskRCNN' not in out and 'Iter(train) [1/1]' in out
+    assert f'Config: written to {tmp_path / "wd" / "tiny.py"}' in out and '--verbose' in out
+    assert "model = dict(type='MaskRCNN')" in (tmp_path / 'run.log').read_text()
+    with config_to_work_dir(cfg, verbose=True):  # --verbose: printed as mmengine does
+        verbose = MMLogger.get_instance('config_on_console')
+    verbose.info('Config:\nmodel = dict(type=\'MaskRCNN\')')
+    assert "model = dict(type='MaskRCNN')" in capsys.readouterr().out
+
+
 def test_sync_bn_becomes_bn_without_cuda_and_dist_uses_gloo():
     from mmengine.config import Config
     cfg = Config(dict(

@@ -6,7 +6,7 @@ MMSegmentation's::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
                          [--show] [--show-dir DIR] [--wait-time S] [--tta] [--amp bf16|fp16]
-                         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+                         [--cfg-options k=v ...] [--verbose] [--launcher none|pytorch|slurm|mpi]
 
 ``--out``: mmdet writes the raw predictions to a ``.pkl`` file; mmseg writes the predicted
 label maps into a directory. ``--show-dir``: pictures of the predictions (a sub-directory of

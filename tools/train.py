@@ -5,10 +5,12 @@ The config's ``default_scope`` says which toolbox builds it; the flags are MMDet
 MMSegmentation's (same names, same meaning)::
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [auto|CKPT]] [--amp [bf16|fp16]]
-                                 [--auto-scale-lr] [--cfg-options k=v ...]
+                                 [--auto-scale-lr] [--cfg-options k=v ...] [--verbose]
                                  [--launcher none|pytorch|slurm|mpi]
 
-Multi-process: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``.
+The merged config goes to ``<work_dir>/<config name>.py`` and the run's log file, not the
+screen (``--verbose`` prints it too). Multi-process: ``tools/dist_train.sh CONFIG N`` (torchrun)
+or ``tools/slurm_train.sh``.
 Runs on CPU-only machines too (SyncBN -> BN, gloo, see iformer_mm/engine/device.py).
 """
 from __future__ import annotations
