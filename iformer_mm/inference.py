@@ -20,7 +20,9 @@ building, drawing and prediction-to-dict code run unchanged. What this module ad
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import os.path as osp
 import warnings
@@ -196,12 +198,31 @@ def build_inferencer(config: str, weights: str, device: Optional[str] = None,
     cls = _inferencer_classes()[task]
 
     # our training checkpoints hold mmengine/numpy objects: the allow-list, still weights_only
-    inferencer = run_trusted(lambda: cls(cfg, weights, device, config), weights)
+    with _without_function_registry_notice():
+        inferencer = run_trusted(lambda: cls(cfg, weights, device, config), weights)
     inferencer.show_progress = False  # one tqdm bar over all inputs instead (infer)
     _set_classes(inferencer, task, cfg, config, classes_file)
     if amp:
         _apply_amp(inferencer.model, amp)
     return inferencer, task
+
+
+@contextlib.contextmanager
+def _without_function_registry_notice() -> Iterator[None]:
+    """mmdet and mmseg have no "function" registry, so building their inferencers' collate
+    function logs mmengine's fallback notice as a WARNING; the fallback (mmengine's own
+    ``pseudo_collate``) is the intended function. Only that record is dropped."""
+    from mmengine.logging import MMLogger
+
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return 'registry tree' not in record.getMessage() or '"function"' not in record.getMessage()
+    logger, drop = MMLogger.get_current_instance(), _Drop()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _set_classes(inf: Any, task: str, cfg: Any, config: str, classes_file: Optional[str]) -> None:
