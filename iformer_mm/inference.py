@@ -55,15 +55,14 @@ def _coco_categories(path: str) -> Tuple[List[str], Optional[List]]:
 
 def _dataset_meta_of_config(cfg: Any) -> Tuple[Optional[List[str]], Optional[List]]:
     """Classes and palette of a config's test dataset: its ``metainfo``, else its class's ``METAINFO``."""
-    from mmengine.registry import DATASETS, init_default_scope
+    from mmengine.registry import DATASETS
     ds = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     while 'dataset' in ds and 'metainfo' not in ds:  # wrappers (RepeatDataset, ...)
         ds = ds['dataset']
     meta = dict(ds.get('metainfo') or {})
     if 'classes' not in meta and isinstance(ds.get('type'), str):
-        if cfg.get('default_scope'):
-            init_default_scope(cfg.default_scope)
-        cls = DATASETS.get(ds['type'])
+        with DATASETS.switch_scope_and_registry(cfg.get('default_scope')) as registry:  # as build() does
+            cls = registry.get(ds['type'])
         meta = {**dict(getattr(cls, 'METAINFO', {}) or {}), **meta}
     classes = meta.get('classes')
     return (list(classes) if classes else None), (list(meta['palette']) if meta.get('palette') else None)

@@ -325,3 +325,19 @@ def test_checkpoint_of_another_model_or_corrupt_is_one_line(det_run, seg_run, in
     broken.write_bytes(det_ckpt.read_bytes()[:4096])
     res = _run(['tools/infer.py', det_cfg, broken, inputs['image'], '--out-dir', tmp_path / 'y'])
     _one_line_error(res, 'broken.pth', 'corrupt')
+
+
+def test_classes_from_a_coco_json_or_a_config(tmp_path):
+    """--classes-from: a COCO json's categories in id order; a config's test-dataset metainfo,
+    else its dataset class's own (mmdet's CocoDataset: COCO's 80); anything else one line."""
+    from iformer_mm.inference import InferenceError, classes_from
+    coco = tmp_path / 'instances.json'
+    coco.write_text(json.dumps({'categories': [{'id': 2, 'name': 'b'}, {'id': 1, 'name': 'a'}]}))
+    assert classes_from(str(coco)) == (['a', 'b'], None)
+    classes, palette = classes_from(str(REPO / 'configs' / 'segmentation' / 'fpn_iformer_s_demo.py'))
+    assert classes == ['disc', 'square', 'triangle'] and palette is None
+    classes, palette = classes_from(str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'))
+    assert len(classes) == 80 and classes[0] == 'person' and len(palette) == 80
+    (tmp_path / 'x.json').write_text('<html>404</html>')
+    with pytest.raises(InferenceError, match='not a COCO annotation file'):
+        classes_from(str(tmp_path / 'x.json'))
