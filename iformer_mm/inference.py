@@ -228,7 +228,8 @@ def _set_classes(inf: Any, task: str, cfg: Any, config: str, classes_file: Optio
     if classes_file:
         classes, palette, source = *classes_from(classes_file), f'--classes-from {classes_file}'
     elif inf.checkpoint_meta:
-        classes, palette, source = list(inf.checkpoint_meta['classes']), inf.checkpoint_meta.get('palette'), 'checkpoint'
+        meta = inf.checkpoint_meta
+        classes, palette, source = list(meta['classes']), meta.get('palette'), 'checkpoint'
     else:
         (classes, palette), source = _dataset_meta_of_config(cfg), config
     n = _num_classes(inf.model)

@@ -69,7 +69,8 @@ def mobile_golden_files() -> Tuple[Path, Path]:
     spec = SHARED / 'spec' / 'mobile_iformer'
     if (spec / 'mobile_iformer_golden.pt').is_file():
         return spec / 'mobile_iformer_golden.pt', spec / 'mobile_iformer_state_dict_shapes.json'
-    return SHIPPED_MOBILE_GOLDEN / MOBILE_GOLDEN_REDUCED, SHIPPED_MOBILE_GOLDEN / 'mobile_iformer_state_dict_shapes.json'
+    shipped = SHIPPED_MOBILE_GOLDEN
+    return shipped / MOBILE_GOLDEN_REDUCED, shipped / 'mobile_iformer_state_dict_shapes.json'
 
 
 @pytest.fixture(scope='session')

@@ -249,7 +249,8 @@ def test_demo_style_weights_and_amp_bf16(det_run, inputs, tiny_coco_classes, tmp
     rec = json.loads(Path(fp32.predictions[0]).read_text())
     assert rec['classes'] == list(tiny_coco_classes)
     coco_json = tmp_path / 'cats.json'
-    coco_json.write_text(json.dumps({'categories': [{'id': i + 1, 'name': f'c{i}'} for i in range(len(tiny_coco_classes))]}))
+    cats = [{'id': i + 1, 'name': f'c{i}'} for i in range(len(tiny_coco_classes))]
+    coco_json.write_text(json.dumps({'categories': cats}))
     named = tool.main([str(cfg), str(weights), str(inputs['image']), '--out-dir', str(tmp_path / 'named'),
                        '--classes-from', str(coco_json), '--no-progress'])
     assert json.loads(Path(named.predictions[0]).read_text())['classes'][:2] == ['c0', 'c1']
@@ -301,7 +302,8 @@ def test_bad_inputs_fail_in_one_line_before_a_model_is_built(tmp_path):
     with pytest.raises(InferenceError, match='has no images'):
         collect_inputs([str(empty)])
     with pytest.raises(InferenceError, match="checkpoint '.*missing.pth' not found"):
-        build_inferencer(str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'), str(tmp_path / 'missing.pth'))
+        build_inferencer(str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'),
+                         str(tmp_path / 'missing.pth'))
     cls_cfg = tmp_path / 'classifier.py'
     cls_cfg.write_text("default_scope = 'mmpretrain'\nmodel = dict(type='ImageClassifier')\n")
     weights = tmp_path / 'w.pth'
