@@ -470,8 +470,11 @@ def infer(inferencer: Any, task: str, inputs: Inputs, out_dir: str, score_thr: f
             if item.video not in writers:
                 path = osp.join(out_dir, 'vis', osp.splitext(osp.basename(item.video))[0] + '.mp4')
                 size = (bgr.shape[1], bgr.shape[0])
-                writers[item.video] = (cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), infos[item.video][1],
-                                                       size), size)
+                writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*'mp4v'), infos[item.video][1], size)
+                if not writer.isOpened():
+                    raise InferenceError(f'OpenCV cannot write {path} (no mp4v encoder in this build): '
+                                         'give the frames as a folder of images instead')
+                writers[item.video] = (writer, size)
                 out.videos.append(path)
             writer, size = writers[item.video]
             writer.write(_fit(bgr, size))
