@@ -5,7 +5,11 @@ is there, as in CI; otherwise from what ships with the repository, so a clean cl
 same tests:
 
 * golden tensors and deterministic weights: ``tests/assets/golden`` (a copy of
-  ``shared/spec/golden``; ``tests/test_repo.py`` checks the two agree when both exist);
+  ``shared/spec/golden``; ``tests/test_first_contact.py`` checks the two agree when both exist);
+* the mobile iFormer's golden cases: ``tests/assets/golden/mobile_iformer`` (the spec's cases
+  with every stage map reduced to corner crops, mean and std, 0.4 MB instead of 8.3 MB, and
+  the spec's key-shape JSON; ``tests/test_first_contact.py`` regenerates the reduced file from
+  ``shared/spec/mobile_iformer`` when it exists and checks it equals the shipped one);
 * tiny COCO: the demo's generated COCO-layout set (:mod:`iformer_mm.datagen.demo_data`), written
   once per session into a temporary folder.
 """
@@ -24,6 +28,8 @@ torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get('IFORMER_SHARED', REPO.parent / 'shared'))
 SHIPPED_GOLDEN = REPO / 'tests' / 'assets' / 'golden'
+SHIPPED_MOBILE_GOLDEN = SHIPPED_GOLDEN / 'mobile_iformer'
+MOBILE_GOLDEN_REDUCED = 'mobile_iformer_golden_reduced.pt'
 
 
 def pytest_addoption(parser):
@@ -44,15 +50,27 @@ def pytest_report_header(config):
     golden = SHARED / 'spec' / 'golden'
     coco = SHARED / 'data' / 'tiny_coco'
     return [f'golden tensors: {golden if golden.is_dir() else SHIPPED_GOLDEN}',
+            f'mobile iFormer golden: {mobile_golden_files()[0]}',
             f'tiny COCO: {coco if coco.is_dir() else "generated demo set (no " + str(coco) + ")"}']
 
 
-def _shared(*parts: str) -> Path:
-    """A path under ``../shared`` that is not shipped (the mobile iFormer's 8 MB golden file); skip without it."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f'{path} not found (set IFORMER_SHARED to the shared/ folder)')
-    return path
+def golden_weights_dir() -> Path:
+    """Where ``weights.py`` (the spec's deterministic weights) is read from."""
+    shared = SHARED / 'spec' / 'golden'
+    return shared if shared.is_dir() else SHIPPED_GOLDEN
+
+
+def mobile_golden_files() -> Tuple[Path, Path]:
+    """The mobile iFormer's golden cases and the authors' key shapes (``..._state_dict_shapes.json``).
+
+    ``$IFORMER_SHARED/spec/mobile_iformer`` (full stage maps) when present; otherwise the reduced
+    copy shipped in ``tests/assets/golden/mobile_iformer`` (same cases, same tolerances).
+    """
+    spec = SHARED / 'spec' / 'mobile_iformer'
+    if (spec / 'mobile_iformer_golden.pt').is_file():
+        return spec / 'mobile_iformer_golden.pt', spec / 'mobile_iformer_state_dict_shapes.json'
+    shipped = SHIPPED_MOBILE_GOLDEN
+    return shipped / MOBILE_GOLDEN_REDUCED, shipped / 'mobile_iformer_state_dict_shapes.json'
 
 
 @pytest.fixture(scope='session')

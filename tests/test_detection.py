@@ -99,6 +99,67 @@ def test_param_wise_decay_spares_pos_embed_norms_layer_scale():
     assert 'neck.fpn_convs.0.conv.weight' in decayed
 
 
+def test_layer_decay_config_lr_falls_off_by_depth():
+    """configs/detection/mask_rcnn_iformer_s_1x_layer_decay.py builds its optimizer: every
+    parameter's lr is 1e-4 * 0.9 ** (19 - depth) with the backbone's depth (stem 0, blocks
+    1..18, output norms 19), neck and heads keep 1e-4, and the base config's weight-decay rules
+    (none on pos_embed, norms, layer scales) still hold."""
+    pytest.importorskip('mmpretrain.engine.optimizers',
+                        reason='the layer-decay config needs mmpretrain (bash tools/install.sh --tests)')
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    init_default_scope('mmdet')
+    cfg = _cfg('mask_rcnn_iformer_s_1x_layer_decay.py')
+    assert cfg.optim_wrapper.paramwise_cfg.layer_decay_rate == 0.9
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    lr = {g['param_name']: g['lr'] for g in wrapper.optimizer.param_groups}
+    wd = {g['param_name']: g['weight_decay'] for g in wrapper.optimizer.param_groups}
+    assert set(lr) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def expected(depth: int) -> float:
+        return 1e-4 * 0.9 ** (20 - depth - 1)
+    assert lr['backbone.patch_embed.proj1.weight'] == pytest.approx(expected(0))  # stem
+    assert lr['backbone.blocks1.0.attn.low_mixer.qkv.weight'] == pytest.approx(expected(1))
+    assert lr['backbone.patch_embed2.proj.weight'] == pytest.approx(expected(4))  # with blocks2.0
+    assert lr['backbone.pos_embed2'] == pytest.approx(expected(4))
+    assert lr['backbone.blocks4.2.mlp.fc2.weight'] == pytest.approx(expected(18))  # last block
+    assert lr['backbone.norm3.weight'] == pytest.approx(1e-4)
+    assert lr['neck.fpn_convs.0.conv.weight'] == pytest.approx(1e-4)
+    assert lr['roi_head.mask_head.conv_logits.weight'] == pytest.approx(1e-4)
+    # block by block through the four stages (depths 3, 3, 9, 3), 10 % less per block down
+    blocks = [f'backbone.blocks{s}.{b}.mlp.fc1.weight' for s, n in enumerate((3, 3, 9, 3), 1) for b in range(n)]
+    assert [lr[n] for n in blocks] == pytest.approx([expected(d) for d in range(1, 19)])
+    assert wd['backbone.pos_embed2'] == 0 and wd['backbone.norm0.weight'] == 0
+    assert wd['backbone.blocks3.0.layer_scale_1'] == 0  # layer scales: stages 3-4
+    assert wd['backbone.blocks1.0.attn.low_mixer.qkv.weight'] == pytest.approx(0.05)
+
+
+def test_config_record_stays_off_the_console_but_in_the_log_file(tmp_path, capsys):
+    """What tools/train.py and tools/test.py build their Runner in: mmengine's config record
+    becomes one line naming where the config is; other records print; the log file keeps all."""
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+
+    from iformer_mm.engine.console import config_to_work_dir
+    (tmp_path / 'tiny.py').write_text(f"work_dir = {str(tmp_path / 'wd')!r}\n")
+    cfg = Config.fromfile(str(tmp_path / 'tiny.py'))
+    with config_to_work_dir(cfg):
+        logger = MMLogger.get_instance('config_off_console', log_file=str(tmp_path / 'run.log'))
+    logger.info('Config:\nmodel = dict(type=\'MaskRCNN\')')
+    logger.info('Iter(train) [1/1]')
+    out = capsys.readouterr().out
+    assert 'MaskRCNN' not in out and 'Iter(train) [1/1]' in out
+    assert f'Config: written to {tmp_path / "wd" / "tiny.py"}' in out and '--verbose' in out
+    assert "model = dict(type='MaskRCNN')" in (tmp_path / 'run.log').read_text()
+    with config_to_work_dir(cfg, verbose=True):  # --verbose: printed as mmengine does
+        verbose = MMLogger.get_instance('config_on_console')
+    verbose.info('Config:\nmodel = dict(type=\'MaskRCNN\')')
+    assert "model = dict(type='MaskRCNN')" in capsys.readouterr().out
+
+
 def test_sync_bn_becomes_bn_without_cuda_and_dist_uses_gloo():
     from mmengine.config import Config
     cfg = Config(dict(

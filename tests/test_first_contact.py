@@ -5,7 +5,7 @@
 * a converter fed a training checkpoint prints one line naming ``--trust-pickle``;
 * ``pretrained=True`` offline ends in one line saying how to pass a local file;
 * ``tools/classification/train.py --epochs 1`` trains exactly one epoch (slow);
-* the golden tensors shipped in ``tests/assets`` are the spec's.
+* the golden tensors shipped in ``tests/assets`` are the spec's (the mobile iFormer's: reduced from it).
 """
 from __future__ import annotations
 
@@ -173,13 +173,44 @@ def test_classification_train_epochs_1_trains_one_epoch(tiny_coco_dir, tmp_path)
 
 
 # --------------------------------------------------------------------------- item 4: shipped golden data
+def _sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_shipped_golden_assets_are_the_specs(repo_root):
-    """tests/assets/golden is what a clean clone tests against; it must be the spec's files."""
-    shared = Path(os.environ.get('IFORMER_SHARED', repo_root.parent / 'shared')) / 'spec' / 'golden'
+    """tests/assets/golden is what a clean clone tests against. Every shipped file has the
+    checksum recorded in its SHA256SUMS (always checked); where the spec folder exists, the
+    copies equal the spec's files byte for byte and the mobile iFormer's reduced cases equal
+    the reduction of the spec's cases, tensor for tensor (tests/_golden.py)."""
+    from _golden import reduce_mobile_golden
+    shared = Path(os.environ.get('IFORMER_SHARED', repo_root.parent / 'shared')) / 'spec'
     shipped = repo_root / 'tests' / 'assets' / 'golden'
-    names = ('iformer_golden.pt', 'official_state_dict_shapes.json', 'weights.py')
-    assert all((shipped / n).is_file() for n in names)
-    if not shared.is_dir():
-        pytest.skip(f'{shared} not found: nothing to compare the shipped copy with')
-    for n in names:
-        assert (shipped / n).read_bytes() == (shared / n).read_bytes(), n
+    sums = dict(reversed(line.split()) for line in (shipped / 'SHA256SUMS').read_text().splitlines())
+    copies = {'iformer_golden.pt': 'golden', 'official_state_dict_shapes.json': 'golden', 'weights.py': 'golden',
+              'mobile_iformer/mobile_iformer_state_dict_shapes.json': 'mobile_iformer'}
+    reduced = 'mobile_iformer/mobile_iformer_golden_reduced.pt'
+    assert set(sums) == set(copies) | {reduced}
+    for name, digest in sums.items():
+        assert _sha256(shipped / name) == digest, name
+    for name, folder in copies.items():
+        spec_file = shared / folder / Path(name).name
+        if spec_file.is_file():
+            assert (shipped / name).read_bytes() == spec_file.read_bytes(), name
+    spec_cases = shared / 'mobile_iformer' / 'mobile_iformer_golden.pt'
+    if spec_cases.is_file():
+        want = reduce_mobile_golden(torch.load(spec_cases, weights_only=True))
+        got = torch.load(shipped / reduced, weights_only=True)
+        assert len(got) == len(want) == 8
+        for a, b in zip(got, want):
+            assert a.keys() == b.keys() and a['name'] == b['name']
+            for k in a:
+                if k == 'stages':
+                    for sa, sb in zip(a[k], b[k]):
+                        assert sa.keys() == sb.keys() and {'crop', 'mean', 'std'} <= set(sa)
+                        for f in sa:
+                            assert (torch.equal(sa[f], sb[f]) if torch.is_tensor(sa[f]) else sa[f] == sb[f]), f
+                elif torch.is_tensor(a[k]):
+                    assert torch.equal(a[k], b[k]), k
+                else:
+                    assert a[k] == b[k], k

@@ -1,7 +1,8 @@
 """Mobile iFormer (ICLR 2025): the dense backbone against the authors' windowed models, timm's
 classification models against the authors' classification code, and every checkpoint format.
 
-Golden tensors and the authors' key layout: ../shared/spec/mobile_iformer/ (see its README).
+Golden tensors and the authors' key layout: ../shared/spec/mobile_iformer/ (see its README), or
+without it the reduced copy in tests/assets/golden/mobile_iformer/ (conftest.mobile_golden_files).
 Weights are the spec's deterministic ones (../shared/spec/golden/weights.py), saved in the
 authors' own file formats and loaded through the package's loader with ``weights_only=True``.
 """
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from _golden import case_input, rel_err, stage_errors
-from conftest import SHARED, SHIPPED_GOLDEN, _shared
+from conftest import golden_weights_dir, mobile_golden_files
 
 pytest.importorskip('timm.models.iformer')
 import timm  # noqa: E402
@@ -42,23 +43,22 @@ needs_allow_list = pytest.mark.skipif(not compat.HAS_SAFE_GLOBALS, reason=(
 
 # ------------------------------------------------------------------ fixtures: authors' files
 @pytest.fixture(scope='module')
-def spec_dir() -> Path:
-    return _shared('spec', 'mobile_iformer')
+def shapes_file() -> Path:
+    return mobile_golden_files()[1]
 
 
 @pytest.fixture(scope='module')
-def cases(spec_dir):
-    return {c['name']: c for c in torch.load(spec_dir / 'mobile_iformer_golden.pt', weights_only=True)}
+def cases():
+    return {c['name']: c for c in torch.load(mobile_golden_files()[0], weights_only=True)}
 
 
 @pytest.fixture(scope='module')
-def authors_sd(spec_dir):
+def authors_sd(shapes_file):
     """``authors_sd('m', 'dense')``: deterministic weights in the authors' key layout."""
-    golden = SHIPPED_GOLDEN if not (SHARED / 'spec' / 'golden').is_dir() else SHARED / 'spec' / 'golden'
-    spec = importlib.util.spec_from_file_location('golden_weights', golden / 'weights.py')
+    spec = importlib.util.spec_from_file_location('golden_weights', golden_weights_dir() / 'weights.py')
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())
+    shapes = json.loads(shapes_file.read_text())
 
     def make(arch: str, kind: str):
         return mod.make_state_dict(shapes[f'iFormer_{arch}_{kind}'])
@@ -413,10 +413,10 @@ def test_parameter_counts_match_the_authors_table(arch):
 
 
 @pytest.mark.parametrize('arch', ['m', 'l', 'l2'])
-def test_backbone_tensors_equal_the_authors_dense_layout(arch, spec_dir):
+def test_backbone_tensors_equal_the_authors_dense_layout(arch, shapes_file):
     """Same number of weight and buffer elements as the authors' dense model (their
     state_dict shapes, ``num_batches_tracked`` excluded), and the same key count."""
-    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())[f'iFormer_{arch}_dense']
+    shapes = json.loads(shapes_file.read_text())[f'iFormer_{arch}_dense']
     ours = MobileIFormer(arch).state_dict()
     count = lambda sd: sum(int(np.prod(s.shape if hasattr(s, 'shape') else s))  # noqa: E731
                            for k, s in sd.items() if not k.endswith('num_batches_tracked'))

@@ -66,18 +66,16 @@ def test_converter_makes_the_authors_det_checkpoint_testable(tmp_path):
 
     import numpy as np
     import torch
-    from conftest import SHARED, SHIPPED_GOLDEN, _shared
+    from conftest import golden_weights_dir, mobile_golden_files
     from mmengine.config import Config
     from mmengine.registry import MODELS, init_default_scope
 
     from iformer_mm.models.mobile_iformer import MobileIFormer
 
-    spec_dir = _shared('spec', 'mobile_iformer')
-    golden = SHIPPED_GOLDEN if not (SHARED / 'spec' / 'golden').is_dir() else SHARED / 'spec' / 'golden'
-    spec = importlib.util.spec_from_file_location('golden_weights', golden / 'weights.py')
+    spec = importlib.util.spec_from_file_location('golden_weights', golden_weights_dir() / 'weights.py')
     weights = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(weights)
-    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())['iFormer_m_dense']
+    shapes = json.loads(mobile_golden_files()[1].read_text())['iFormer_m_dense']
     authors = weights.make_state_dict(shapes)
 
     init_default_scope('mmdet')

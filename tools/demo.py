@@ -121,7 +121,10 @@ def main(argv=None) -> Dict[str, Any]:
     print(f'picture (ground truth | prediction, {args.show} val images): {out}')
     print(f'weights: {weights} ({os.path.getsize(weights) / 2**20:.0f} MB, tensors only)')
     print('=' * 64)
-    print('next: evaluate the weights, train on 2 processes, or try segmentation on the same data:')
+    print('next: run the model on your own images, evaluate the weights, train on 2 processes, or try '
+          'segmentation on the same data:')
+    print(f'  python tools/infer.py {cfg_file} {weights} {osp.join(data["root"], "images", "val2017")} '
+          f'--out-dir {args.work_dir}/infer')
     print(f'  python tools/test.py {cfg_file} {weights}')
     print(f'  bash tools/dist_train.sh {cfg_file} 2 --work-dir {args.work_dir}/dist')
     print(f'  python tools/dataset_converters/ade_from_coco.py {data["root"]} {args.work_dir}/ade')

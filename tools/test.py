@@ -6,7 +6,7 @@ MMSegmentation's::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE_OR_DIR]
                          [--show] [--show-dir DIR] [--wait-time S] [--tta] [--amp bf16|fp16]
-                         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
+                         [--cfg-options k=v ...] [--verbose] [--launcher none|pytorch|slurm|mpi]
 
 ``--out``: mmdet writes the raw predictions to a ``.pkl`` file; mmseg writes the predicted
 label maps into a directory. ``--show-dir``: pictures of the predictions (a sub-directory of
@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'GPU) or fp16 (GPU only); heads stay fp32')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. test_dataloader.batch_size=2')
+    parser.add_argument('--verbose', action='store_true',
+                        help="also print mmengine's whole config on screen (it is always written to the "
+                        'work dir and the log file)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -132,7 +135,7 @@ def main(argv=None) -> None:
 
     init_distributed(cfg, args.launcher)
     try:
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, verbose=args.verbose)
         if args.out is not None and _scope(cfg) == 'mmdet':
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -5,10 +5,12 @@ The config's ``default_scope`` says which toolbox builds it; the flags are MMDet
 MMSegmentation's (same names, same meaning)::
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [auto|CKPT]] [--amp [bf16|fp16]]
-                                 [--auto-scale-lr] [--cfg-options k=v ...]
+                                 [--auto-scale-lr] [--cfg-options k=v ...] [--verbose]
                                  [--launcher none|pytorch|slurm|mpi]
 
-Multi-process: ``tools/dist_train.sh CONFIG N`` (torchrun) or ``tools/slurm_train.sh``.
+The merged config goes to ``<work_dir>/<config name>.py`` and the run's log file, not the
+screen (``--verbose`` prints it too). Multi-process: ``tools/dist_train.sh CONFIG N`` (torchrun)
+or ``tools/slurm_train.sh``.
 Runs on CPU-only machines too (SyncBN -> BN, gloo, see iformer_mm/engine/device.py).
 """
 from __future__ import annotations
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, e.g. model.backbone.drop_path_rate=0.2 '
                         "(note: custom_imports must be in the config file itself)")
+    parser.add_argument('--verbose', action='store_true',
+                        help="also print mmengine's whole config on screen (it is always written to the "
+                        'work dir and the log file)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     # torch.distributed.launch passes --local-rank (older torch: --local_rank)
@@ -107,7 +112,7 @@ def main(argv=None) -> None:
 
     init_distributed(cfg, args.launcher)
     try:
-        runner = build_runner(cfg)
+        runner = build_runner(cfg, verbose=args.verbose)
         # Checkpoints of our own runs (resume, load_from) hold mmengine/numpy objects: allow
         # exactly those, loading stays weights_only (iformer_mm/engine/trusted_runs.py).
         run_trusted(runner.train, cfg.get('load_from'))

@@ -246,13 +246,18 @@ def preflight_or_exit(cfg: Any, splits: Optional[Tuple[str, ...]] = None) -> Non
         raise SystemExit(f'error: {e}') from None
 
 
-def build_runner(cfg: Any) -> Any:
+def build_runner(cfg: Any, verbose: bool = False) -> Any:
     """mmengine's Runner for ``cfg`` (or its ``runner_type``); a registry miss of our backbone
-    ends the process with the fix from :func:`explain_build_error`."""
+    ends the process with the fix from :func:`explain_build_error`. The config goes to the work
+    dir and the log file, not the console, unless ``verbose``
+    (:func:`iformer_mm.engine.console.config_to_work_dir`)."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
+    from .engine.console import config_to_work_dir
     try:
-        return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        with config_to_work_dir(cfg, verbose):
+            return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     except KeyError as e:
         hint = explain_build_error(e)
         if hint is None:
