@@ -27,6 +27,7 @@ import platform
 import signal
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -43,9 +44,9 @@ DTYPES = ('fp32', 'bf16', 'fp16')
 _TORCH_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 LOWP_TOL = 0.01  # relative L2 of the fp32 output, bf16/fp16 autocast
 # Seconds per phase on CUDA (full run) and on CPU --quick; a phase also stops at the budget's end.
-BOXES = {'environment': (20, 60), 'sdpa': (30, 60), 'golden': (60, 180), 'benchmark': (180, 240),
-         'with_cp': (40, 60), 'compile': (150, 240)}
-BUDGET = {'cuda': 420.0, 'cpu': 900.0}  # seconds for all phases: the device run call's timeout_s is 480
+BOXES = {'environment': (20, 60), 'sdpa': (30, 60), 'golden': (60, 180), 'benchmark': (210, 300),
+         'with_cp': (40, 120), 'compile': (150, 300)}
+BUDGET = {'cuda': 450.0, 'cpu': 900.0}  # all phases; on CUDA inside the device run call's timeout_s
 PHASES = tuple(BOXES)
 # The shapes the backbone benchmark uses (name, h, w, batch): iFormer's attention shapes come from these.
 SHAPES = {False: (('800x1344_b2', 800, 1344, 2), ('224_b64', 224, 224, 64)),
@@ -214,10 +215,13 @@ def _selected_backend(q: torch.Tensor) -> str:
     return found[0] if found else 'math'
 
 
-def sdpa_backends(device: str, quick: bool) -> Dict[str, Any]:
-    """Per attention shape and dtype: the backends that run it, and the one the default call takes."""
+def sdpa_backends(device: str, quick: bool, rows: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Per attention shape and dtype: the backends that run it, and the one the default call takes.
+
+    ``rows``: a list to append to as rows are measured (a timed-out phase keeps them).
+    """
     dtypes, skipped = dtypes_for(device)
-    rows = []
+    rows = [] if rows is None else rows
     for shape_name, h, w, b in SHAPES[quick]:
         for shape in attention_shapes(h, w, b, device):
             for dt in dtypes:
@@ -230,7 +234,8 @@ def sdpa_backends(device: str, quick: bool) -> Dict[str, Any]:
                         row[name] = 'absent'
                         continue
                     try:
-                        with ctx:
+                        with ctx, warnings.catch_warnings():
+                            warnings.simplefilter('ignore')  # each refusing backend warns why; the row says it
                             torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
                         _sync(device)
                         row[name] = 'yes'
@@ -300,8 +305,9 @@ def _outputs(model: Any, kind: str, x: torch.Tensor) -> List[torch.Tensor]:
 
 
 def golden_exactness(device: str, quick: bool, golden_dir: Optional[str] = None,
-                     work_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Every golden case through both models on ``device``; rows of (case, model, dtype, error, tol, ok)."""
+                     rows: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Every golden case through both models on ``device``: rows of (case, model, dtype, error, tol,
+    ops-kernel calls, ok), appended to ``rows`` if given. ``quick``: the tiny-arch cases only."""
     import tempfile
 
     from ..ops.dispatch import MEASURED_WINS
@@ -309,8 +315,8 @@ def golden_exactness(device: str, quick: bool, golden_dir: Optional[str] = None,
     cases = {c['name']: c for c in gold.load_cases(folder)}
     names = [n for n in gold.CASES if not quick or n.startswith('tiny')]
     dtypes, skipped = dtypes_for(device)
-    rows: List[Dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+    rows = [] if rows is None else rows
+    with tempfile.TemporaryDirectory() as tmp:
         ckpts = {}
         for variant in {gold.variant_of(n) for n in names}:
             ckpts[variant] = Path(tmp) / f'{variant}.pth'
@@ -350,15 +356,15 @@ def golden_exactness(device: str, quick: bool, golden_dir: Optional[str] = None,
 
 # ============================================================================ the driver
 def _phase_fns(device: str, quick: bool, golden_dir: Optional[str],
-               out_dir: Path) -> Dict[str, Callable[[float], Dict[str, Any]]]:
-    """Each phase as ``fn(seconds_left) -> result``."""
+               log: Callable[[str], None]) -> Dict[str, Callable[[float, List[Dict[str, Any]]], Dict[str, Any]]]:
+    """Each phase as ``fn(seconds, rows) -> result``, appending its rows to ``rows`` as it goes."""
     return {
-        'environment': lambda left: environment(device),
-        'sdpa': lambda left: sdpa_backends(device, quick),
-        'golden': lambda left: golden_exactness(device, quick, golden_dir),
-        'benchmark': lambda left: run_benchmark('benchmark', device, quick, left),
-        'with_cp': lambda left: run_benchmark('with_cp', device, quick, left),
-        'compile': lambda left: run_benchmark('compile', device, quick, left),
+        'environment': lambda left, rows: environment(device),
+        'sdpa': lambda left, rows: sdpa_backends(device, quick, rows),
+        'golden': lambda left, rows: golden_exactness(device, quick, golden_dir, rows),
+        'benchmark': lambda left, rows: run_benchmark('benchmark', device, quick, left, rows, log),
+        'with_cp': lambda left, rows: run_benchmark('with_cp', device, quick, left, rows, log),
+        'compile': lambda left, rows: run_benchmark('compile', device, quick, left, rows, log),
     }
 
 
@@ -392,7 +398,7 @@ def run_check(device: str, out_dir: str, quick: bool = False, budget_s: Optional
         report['phases'][p] = dict(status='pending' if p in selected else 'not selected')
     _write(report, out)
     t_start = time.monotonic()
-    fns = _phase_fns(device, quick, golden_dir, out)
+    fns = _phase_fns(device, quick, golden_dir, log)
     for p in selected:
         left = budget - (time.monotonic() - t_start)
         box = min(BOXES[p][box_col], left)
@@ -402,19 +408,21 @@ def run_check(device: str, out_dir: str, quick: bool = False, budget_s: Optional
             continue
         log(f'[gpu_check] {p}: up to {box:.0f} s')
         t0 = time.monotonic()
+        rows: List[Dict[str, Any]] = []
         try:
             with time_box(box):
-                result = fns[p](box)
-            entry.update(status='ok' if result.get('ok', True) else 'failed', result=result)
+                result = fns[p](box, rows)
+            status = 'skipped' if result.get('skipped') else 'ok' if result.get('ok', True) else 'failed'
+            entry.update(status=status, result=result)
         except PhaseTimeout as e:
-            entry.update(status='timeout', error=str(e))
+            entry.update(status='timeout', error=str(e), result=dict(rows=rows, partial=True) if rows else None)
         except Exception as e:  # noqa: BLE001  (recorded; the next phases still run)
             entry.update(status='error', error=f'{type(e).__name__}: {str(e).strip()[:500]}')
         entry['seconds'] = round(time.monotonic() - t0, 1)
         log(f"[gpu_check] {p}: {entry['status']} in {entry['seconds']} s")
         _write(report, out)
     report.update(finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), seconds=round(time.monotonic() - t_start, 1),
-                  ok=all(report['phases'][p]['status'] == 'ok' for p in selected))
+                  ok=all(report['phases'][p]['status'] in ('ok', 'skipped') for p in selected))
     _write(report, out)
     return report
 
@@ -443,7 +451,7 @@ def _md_environment(res: Dict[str, Any]) -> List[str]:
 
 def _md_sdpa(res: Dict[str, Any]) -> List[str]:
     rows = [(r['input'], 'x'.join(map(str, r['shape'])), r['dtype'],
-             *[r[b] if r[b] in ('yes', 'absent') else 'no' for b in _BACKENDS], r['selected'])
+             *[r.get(b, '-') if r.get(b, '-') in ('yes', 'absent', '-') else 'no' for b in _BACKENDS], r['selected'])
             for r in res['rows']]
     return _table(('input', 'q shape (B,heads,N,d)', 'dtype', *_BACKENDS, 'default takes'), rows)
 
@@ -463,11 +471,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
     lines = [f"# GPU check ({report['device']}{', quick' if report.get('quick') else ''}), "
              f"started {report['started']}", '']
     lines += _table(('phase', 'status', 'seconds', 'time box s', 'note'),
-                    [(p, e['status'], e.get('seconds'), e.get('box_s'), e.get('error') or e.get('reason') or '')
+                    [(p, e['status'], e.get('seconds'), e.get('box_s'),
+                      e.get('error') or e.get('reason') or (e.get('result') or {}).get('skipped') or '')
                      for p, e in report['phases'].items()])
     for p, e in report['phases'].items():
         res = e.get('result')
-        if not res:
+        if not res or not res.get('rows', True):
             continue
         lines += ['', f'## {p}', '']
         lines += _RENDER.get(p, _md_benchmark)(res)
@@ -488,7 +497,8 @@ DEVICE_WHEELS = ('mmengine==0.10.7', 'addict==2.4.0', 'termcolor==3.3.0', 'yapf=
 DEVICE_PYTHON = '3.12'
 _PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64',
               'manylinux1_x86_64')
-RUN_TIMEOUT_S = 480  # the full run; 15 min of device time leave ~5 min for one rerun of --only phases
+RUN_TIMEOUT_S = 510  # the full run (~8 min); of 15 min device time, ~5 min remain for one --only rerun
+RERUN_TIMEOUT_S = 240
 
 
 def prepare_carry(folder: str, packages: Sequence[str] = DEVICE_WHEELS) -> Dict[str, Any]:
@@ -529,7 +539,8 @@ def format_run_call(call: Dict[str, Any]) -> str:
              'device run call:', f"  command: {call['command']}", f"  carry: {json.dumps(call['carry'])}",
              f"  timeout_s: {call['timeout_s']}", '',
              'rerun (only if a phase timed out or failed; the machine is still warm for 30 s): the same command '
-             'with "--only PHASE ..." after "--device cuda", timeout_s 270; then give_back.']
+             'with "--only PHASE ..." after "--device cuda", '
+             f'timeout_s {RERUN_TIMEOUT_S}; then give_back.']
     return '\n'.join(lines)
 
 
@@ -568,17 +579,23 @@ def benchmark_cases(phase: str, device: str, quick: bool) -> List[Any]:
                     suite='gpu')
     if phase == 'benchmark':
         return ([case(i, dt) for dt in order for i in GPU_IMPLS] + [case(i, dt, False) for dt in order for i in GPU_IMPLS]
-                + [case('ours', dt) for dt in order])
+                + [case('ours', dt) for dt in (['fp32'] if quick else order)])
     if phase == 'with_cp':
         return [case('reference+cp', dt) for dt in order]
     return [case('ours+compile', 'bf16' if device == 'cuda' else 'fp32')]
 
 
-def run_benchmark(phase: str, device: str, quick: bool, seconds: float) -> Dict[str, Any]:
-    """Measure the phase's cases, each in a fresh process, until ``seconds`` run out."""
-    from .bench import Options, run_case_in_subprocess
-    t_end = time.monotonic() + seconds
-    results: List[Dict[str, Any]] = []
+def run_benchmark(phase: str, device: str, quick: bool, seconds: float,
+                  results: Optional[List[Dict[str, Any]]] = None,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Measure the phase's cases, each in a fresh process, within ``seconds`` (a case that no
+    longer fits is recorded as not run); rows are appended to ``results`` if given."""
+    if phase == 'compile' and device == 'cpu' and quick:
+        return dict(rows=[], skipped='inductor compiles iFormer-S for minutes on a CPU; run without --quick, '
+                                     'or on CUDA')
+    from .bench import Options, peak_gb, run_case_in_subprocess
+    t_end = time.monotonic() + seconds - 2  # end before the phase's time box fires
+    results = [] if results is None else results
     for c in benchmark_cases(phase, device, quick):
         left = t_end - time.monotonic()
         if left < 5:
@@ -586,7 +603,10 @@ def run_benchmark(phase: str, device: str, quick: bool, seconds: float) -> Dict[
             continue
         opts = Options(repeats=BENCH_REPEATS[quick], budget=min(10.0, left / 4),
                        timeout=min(CASE_TIMEOUT_S[quick], left))
-        results.append(run_case_in_subprocess(c, opts))
+        r = run_case_in_subprocess(c, opts)
+        results.append(r)
+        log(f"[gpu_check]   {c.id:<48} " + (r.get('error') or f"{_ms(r):.1f} ms, peak {peak_gb(r):.3f} GB, "
+                                                     f"{r.get('aten_ops')} ATen ops, {r.get('cuda_kernels')} CUDA kernels"))
     return dict(rows=results, swin=SWIN_NOTE, ok=not any('error' in r for r in results))
 
 
