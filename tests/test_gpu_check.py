@@ -120,3 +120,17 @@ def test_quick_cpu_run_of_every_phase(tmp_path):
     assert '| input | mode | impl | dtype | ms/step | peak GB |' in md and '| reference+cp | bf16 |' in md
     line = next(x for x in md.splitlines() if x.startswith(f'| {gpu_check.BENCH_SHAPES[True][0][0]} | fwdbwd | reference | bf16 |'))
     assert line.split('|')[9].strip() not in ('', '-')  # t/authors
+
+
+def test_stretch_build_still_running_at_the_deadline_is_stopped_and_recorded(tmp_path):
+    """The mmcv build of the stretch runs in its own session: at the phase's deadline it is
+    stopped (not left behind) and the report says it did not finish, with its log's tail."""
+    log = tmp_path / 'build.log'
+    log.write_text('building mmcv._ext\n')
+    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)
+    build = dict(proc=proc, log=str(log), target=str(tmp_path / 'site'), t0=time.monotonic())
+    res = gpu_check.maskrcnn_after_build(build, 'cpu', 33, [], log=lambda s: None)
+    assert proc.wait(timeout=10) is not None  # stopped
+    assert res['ok'] is False and res['build']['finished'] is False and res['rows'] == []
+    assert res['build']['log_tail'] == ['building mmcv._ext'] and 'had not finished' in res['notes'][0]
+    assert gpu_check.maskrcnn_after_build(None, 'cuda', 10, [])['skipped']

@@ -45,7 +45,7 @@ _TORCH_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.fl
 LOWP_TOL = 0.01  # relative L2 of the fp32 output, bf16/fp16 autocast
 # Seconds per phase on CUDA (full run) and on CPU --quick; a phase also stops at the budget's end.
 BOXES = {'environment': (20, 60), 'sdpa': (30, 60), 'golden': (60, 180), 'benchmark': (210, 300),
-         'with_cp': (40, 120), 'compile': (150, 300)}
+         'with_cp': (40, 120), 'compile': (150, 300), 'maskrcnn': (600, 600)}  # maskrcnn: what is left
 BUDGET = {'cuda': 450.0, 'cpu': 900.0}  # all phases; on CUDA inside the device run call's timeout_s
 PHASES = tuple(BOXES)
 # The shapes the backbone benchmark uses (name, h, w, batch): iFormer's attention shapes come from these.
@@ -355,8 +355,8 @@ def golden_exactness(device: str, quick: bool, golden_dir: Optional[str] = None,
 
 
 # ============================================================================ the driver
-def _phase_fns(device: str, quick: bool, golden_dir: Optional[str],
-               log: Callable[[str], None]) -> Dict[str, Callable[[float, List[Dict[str, Any]]], Dict[str, Any]]]:
+def _phase_fns(device: str, quick: bool, golden_dir: Optional[str], log: Callable[[str], None],
+               build: Optional[Dict[str, Any]] = None) -> Dict[str, Callable[[float, List[Dict[str, Any]]], Dict[str, Any]]]:
     """Each phase as ``fn(seconds, rows) -> result``, appending its rows to ``rows`` as it goes."""
     return {
         'environment': lambda left, rows: environment(device),
@@ -365,6 +365,7 @@ def _phase_fns(device: str, quick: bool, golden_dir: Optional[str],
         'benchmark': lambda left, rows: run_benchmark('benchmark', device, quick, left, rows, log),
         'with_cp': lambda left, rows: run_benchmark('with_cp', device, quick, left, rows, log),
         'compile': lambda left, rows: run_benchmark('compile', device, quick, left, rows, log),
+        'maskrcnn': lambda left, rows: maskrcnn_after_build(build, device, left, rows, log),
     }
 
 
@@ -379,8 +380,12 @@ def _write(report: Dict[str, Any], out_dir: Path) -> None:
 
 def run_check(device: str, out_dir: str, quick: bool = False, budget_s: Optional[float] = None,
               only: Optional[Sequence[str]] = None, golden_dir: Optional[str] = None,
-              log: Callable[[str], None] = print) -> Dict[str, Any]:
+              log: Callable[[str], None] = print, mmcv_sdist: Optional[str] = None) -> Dict[str, Any]:
     """Run the phases in order within ``budget_s`` seconds; write ``gpu_check.{json,md}`` after each.
+
+    With ``mmcv_sdist`` (the stretch), mmcv is built with its CUDA ops in the background from
+    the start (the benchmark then shares the CPU with the compiler: its timings say so), and the
+    last phase, ``maskrcnn``, gets the rest of the budget (:func:`maskrcnn_after_build`).
 
     Returns:
         The report (also in ``out_dir/gpu_check.json``); ``report['ok']`` is False if a phase
@@ -389,16 +394,32 @@ def run_check(device: str, out_dir: str, quick: bool = False, budget_s: Optional
     check_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    box_col = 1 if device == 'cpu' else 0
     budget = budget_s if budget_s is not None else default_budget(device)
-    selected = [p for p in PHASES if not only or p in only]
+    selected = [p for p in PHASES if (not only or p in only) and (p != 'maskrcnn' or mmcv_sdist)]
     report: Dict[str, Any] = dict(schema=SCHEMA, device=device, quick=quick, budget_s=budget,
-                                  started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), phases={})
+                                  started=time.strftime('%Y-%m-%d %H:%M:%S %Z'), phases={},
+                                  mmcv_build_alongside=bool(mmcv_sdist))
     for p in PHASES:
         report['phases'][p] = dict(status='pending' if p in selected else 'not selected')
     _write(report, out)
     t_start = time.monotonic()
-    fns = _phase_fns(device, quick, golden_dir, log)
+    build = start_mmcv_build(mmcv_sdist) if mmcv_sdist else None
+    try:
+        _run_phases(report, selected, _phase_fns(device, quick, golden_dir, log, build), budget,
+                    1 if device == 'cpu' else 0, out, log)
+    finally:  # the build runs in its own session: it would outlive this process
+        if build is not None and build['proc'].poll() is None:
+            os.killpg(build['proc'].pid, signal.SIGTERM)
+    report.update(finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), seconds=round(time.monotonic() - t_start, 1),
+                  ok=all(report['phases'][p]['status'] in ('ok', 'skipped') for p in selected))
+    _write(report, out)
+    return report
+
+
+def _run_phases(report: Dict[str, Any], selected: Sequence[str], fns: Dict[str, Callable[..., Dict[str, Any]]],
+                budget: float, box_col: int, out: Path, log: Callable[[str], None]) -> None:
+    """Each selected phase in its time box (and what is left of ``budget``), the files rewritten after each."""
+    t_start = time.monotonic()
     for p in selected:
         left = budget - (time.monotonic() - t_start)
         box = min(BOXES[p][box_col], left)
@@ -421,11 +442,60 @@ def run_check(device: str, out_dir: str, quick: bool = False, budget_s: Optional
         entry['seconds'] = round(time.monotonic() - t0, 1)
         log(f"[gpu_check] {p}: {entry['status']} in {entry['seconds']} s")
         _write(report, out)
-    report.update(finished=time.strftime('%Y-%m-%d %H:%M:%S %Z'), seconds=round(time.monotonic() - t_start, 1),
-                  ok=all(report['phases'][p]['status'] in ('ok', 'skipped') for p in selected))
-    _write(report, out)
-    return report
 
+
+# ============================================================================ stretch: mmcv + Mask R-CNN
+MMCV_TARGET = '/tmp/mmcv_site'
+
+
+def start_mmcv_build(sdist: str, target: str = MMCV_TARGET) -> Dict[str, Any]:
+    """Start ``pip install`` of the mmcv sdist with its CUDA ops (Hopper only, all cores but two)
+    in the background, into ``target``; its log goes to a temporary file."""
+    import subprocess
+    import tempfile
+    log = tempfile.NamedTemporaryFile('w', prefix='mmcv_build_', suffix='.log', delete=False)
+    env = dict(os.environ, MMCV_WITH_OPS='1', FORCE_CUDA='1', TORCH_CUDA_ARCH_LIST='9.0',
+               MAX_JOBS=str(max(1, (os.cpu_count() or 2) - 2)))
+    cmd = [sys.executable, '-m', 'pip', 'install', '-q', '--no-build-isolation', '--no-deps', '--no-index',
+           '--target', target, sdist]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return dict(proc=proc, log=log.name, target=target, t0=time.monotonic())
+
+
+def _log_tail(path: str, n: int = 8) -> List[str]:
+    with open(path, errors='replace') as f:
+        return [line.rstrip()[:200] for line in f.readlines()[-n:]]
+
+
+def maskrcnn_after_build(build: Optional[Dict[str, Any]], device: str, seconds: float,
+                         rows: List[Dict[str, Any]], log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Wait for the mmcv build within ``seconds``; if it finished, time the harness's Mask R-CNN
+    iFormer-S training step (800x1333, batch 1, AdamW through mmengine's AmpOptimWrapper) 20 times
+    under fp16 and bf16. A build still running at the deadline is stopped and recorded."""
+    if build is None:
+        return dict(rows=[], skipped='no mmcv sdist given (--stretch)')
+    proc, t_end = build['proc'], time.monotonic() + seconds - 2
+    while proc.poll() is None and time.monotonic() < t_end - 30:  # 30 s: the least a step case needs
+        time.sleep(2)
+    info = dict(build_seconds=round(time.monotonic() - build['t0'], 1), returncode=proc.poll(),
+                log_tail=_log_tail(build['log']))
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        return dict(rows=[], build=dict(info, finished=False), ok=False,
+                    notes=[f"mmcv's CUDA build had not finished after {info['build_seconds']} s: stopped"])
+    if proc.returncode != 0:
+        return dict(rows=[], build=dict(info, finished=True), ok=False, notes=['the mmcv build failed (log_tail)'])
+    os.environ['PYTHONPATH'] = os.pathsep.join([build['target'], os.environ.get('PYTHONPATH', '')])
+    from .bench import Case, Options, run_case_in_subprocess
+    for dt in ('fp16', 'bf16'):
+        left = t_end - time.monotonic()
+        c = Case('maskrcnn', 'maskrcnn_train_step_800x1333', 'reference', 'step', (800, 1333), 1, device=device,
+                 dtype=dt, suite='gpu')
+        r = (run_case_in_subprocess(c, Options(repeats=20, budget=max(left - 20, 1), timeout=left)) if left > 30
+             else dict(c.to_dict(), error='not run: the phase ran out of time'))
+        rows.append(r)
+        log(f"[gpu_check]   {c.id:<48} " + (r.get('error') or f"{_ms(r):.1f} ms/iter over {len(r['times'])} iters"))
+    return dict(rows=rows, build=dict(info, finished=True), ok=not any('error' in r for r in rows))
 
 # ============================================================================ the table
 def _fmt(v: Any, spec: str = '') -> str:
@@ -492,17 +562,32 @@ def render_markdown(report: Dict[str, Any]) -> str:
 
 # ============================================================================ what travels
 # Pure-Python wheels the device lacks (its image has torch, timm, numpy, pyyaml, rich, matplotlib,
-# opencv): mmengine and its requirements, for the mm backbone's golden rows.
+# opencv): mmengine and its requirements, for the mm backbone's golden rows and the harness.
 DEVICE_WHEELS = ('mmengine==0.10.7', 'addict==2.4.0', 'termcolor==3.3.0', 'yapf==0.43.0', 'platformdirs==4.14.9')
+# The stretch (Mask R-CNN on the device): mmdet and what it imports that the image lacks, and
+# the mmcv sdist to build there with its CUDA ops.
+# setuptools < 81: mmcv's setup.py imports pkg_resources.
+STRETCH_WHEELS = ('mmdet==3.3.0', 'terminaltables==3.1.10', 'pycocotools==2.0.11', 'shapely==2.2.0',
+                  'setuptools==80.9.0')
+MMCV_SDIST = 'mmcv==2.1.0'
 DEVICE_PYTHON = '3.12'
 _PLATFORMS = ('manylinux_2_28_x86_64', 'manylinux_2_27_x86_64', 'manylinux_2_17_x86_64', 'manylinux2014_x86_64',
               'manylinux1_x86_64')
 RUN_TIMEOUT_S = 510  # the full run (~8 min); of 15 min device time, ~5 min remain for one --only rerun
 RERUN_TIMEOUT_S = 240
+STRETCH_BUDGET_S, STRETCH_TIMEOUT_S = 540.0, 600  # one call, no rerun
 
 
-def prepare_carry(folder: str, packages: Sequence[str] = DEVICE_WHEELS) -> Dict[str, Any]:
-    """Download ``packages`` as wheels for the device's Python into ``folder/wheels``.
+def _pip(args: Sequence[str]) -> None:
+    import subprocess
+    p = subprocess.run([sys.executable, '-m', 'pip', *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f'gpu_check --prepare: pip {args[0]} failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}')
+
+
+def prepare_carry(folder: str, stretch: bool = False) -> Dict[str, Any]:
+    """Download the wheels the device lacks, for its Python, into ``folder/wheels`` (with
+    ``stretch`` also ``folder/stretch`` and the mmcv sdist into ``folder/sdist``).
 
     ``folder`` must be a git-ignored folder of the repository root (``.device_carry`` is in
     ``.gitignore``): the device run call names it in ``carry``.
@@ -510,39 +595,47 @@ def prepare_carry(folder: str, packages: Sequence[str] = DEVICE_WHEELS) -> Dict[
     Returns:
         The run call: ``command``, ``carry`` and ``timeout_s`` (:func:`format_run_call`).
     """
-    import subprocess
-    wheels = Path(folder) / 'wheels'
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary=:all:', '--python-version',
-           DEVICE_PYTHON, '--implementation', 'cp', '-d', str(wheels)]
-    for plat in _PLATFORMS:
-        cmd += ['--platform', plat]
-    p = subprocess.run(cmd + list(packages), capture_output=True, text=True)
-    if p.returncode != 0:
-        raise SystemExit(f'gpu_check --prepare: pip download failed: {(p.stderr or p.stdout).strip().splitlines()[-1]}')
-    size = sum(f.stat().st_size for f in wheels.iterdir()) / 2 ** 20
-    return dict(run_call(folder), wheels=sorted(f.name for f in wheels.iterdir()), carry_mib=round(size, 2))
+    root = Path(folder)
+    plats = [a for plat in _PLATFORMS for a in ('--platform', plat)]
+    binary = ['download', '--no-deps', '--only-binary=:all:', '--python-version', DEVICE_PYTHON,
+              '--implementation', 'cp', *plats]
+    _pip([*binary, '-d', str(root / 'wheels'), *DEVICE_WHEELS])
+    if stretch:
+        _pip([*binary, '-d', str(root / 'stretch'), *STRETCH_WHEELS])
+        _pip(['download', '--no-deps', '--no-binary=:all:', '--no-build-isolation', '-d', str(root / 'sdist'),
+              MMCV_SDIST])
+    files = sorted(f for f in root.rglob('*') if f.is_file())
+    return dict(run_call(folder, stretch), files=[str(f.relative_to(root)) for f in files],
+                carry_mib=round(sum(f.stat().st_size for f in files) / 2 ** 20, 2))
 
 
-def run_call(folder: str = '.device_carry') -> Dict[str, Any]:
-    """The device tool's ``run`` arguments for the full check (the carried wheels installed first)."""
+def run_call(folder: str = '.device_carry', stretch: bool = False) -> Dict[str, Any]:
+    """The device tool's ``run`` arguments for the full check (the carried wheels installed first).
+
+    With ``stretch``: the same check with mmcv's CUDA build in the background and Mask R-CNN
+    after it, in one longer call (no rerun fits after it).
+    """
+    wheels = f'{folder}/wheels/*.whl' + (f' {folder}/stretch/*.whl' if stretch else '')
+    extra = (f' --stretch {folder}/sdist/mmcv-{MMCV_SDIST.split("==")[1]}.tar.gz --budget {STRETCH_BUDGET_S:.0f}'
+             if stretch else '')
     command = ('set -o pipefail; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir '
-               f'--upgrade --target /tmp/site {folder}/wheels/*.whl && export PYTHONPATH=$PWD:/tmp/site || exit; '
-               'PYTHONUNBUFFERED=1 python3 tools/analysis/gpu_check.py --device cuda --out $OUT 2>&1 '
+               f'--upgrade --target /tmp/site {wheels} && export PYTHONPATH=$PWD:/tmp/site || exit; '
+               f'PYTHONUNBUFFERED=1 python3 tools/analysis/gpu_check.py --device cuda --out $OUT{extra} 2>&1 '
                '| tee $OUT/gpu_check.log')
-    return dict(command=command, carry=[folder], timeout_s=RUN_TIMEOUT_S)
+    return dict(command=command, carry=[folder], timeout_s=STRETCH_TIMEOUT_S if stretch else RUN_TIMEOUT_S)
 
 
 def format_run_call(call: Dict[str, Any]) -> str:
     """The run call as a reader copies it, with the rerun for phases that did not finish."""
-    lines = [f"wheels ({call.get('carry_mib', '?')} MiB): {', '.join(call.get('wheels', []))}", '',
+    lines = [f"carried ({call.get('carry_mib', '?')} MiB): {', '.join(call.get('files', []))}", '',
              'device run call:', f"  command: {call['command']}", f"  carry: {json.dumps(call['carry'])}",
              f"  timeout_s: {call['timeout_s']}", '',
              'rerun (only if a phase timed out or failed; the machine is still warm for 30 s): the same command '
              'with "--only PHASE ..." after "--device cuda", '
              f'timeout_s {RERUN_TIMEOUT_S}; then give_back.']
+    if '--stretch' in call['command']:
+        lines[-1] = 'the stretch call leaves no device time for a rerun; give_back after it.'
     return '\n'.join(lines)
-
 
 
 # ============================================================================ benchmark phases

@@ -10,6 +10,7 @@ Usage::
     python tools/analysis/gpu_check.py --device cpu --quick --out /tmp/gc  # the same code on CPU
     python tools/analysis/gpu_check.py --prepare .device_carry             # wheels the device lacks,
                                                                            # and the exact run call
+    python tools/analysis/gpu_check.py --prepare .device_carry --stretch   # + mmdet, the mmcv sdist
 
 On a lent device machine (no network, no OpenMMLab packages) the command that ``--prepare``
 prints installs the carried wheels first; docs/performance.md's GPU section has it.
@@ -42,13 +43,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--prepare', metavar='DIR', default=None,
                         help='download the wheels the device lacks into DIR (git-ignored) and print the '
                              'exact device run call; runs nothing else')
+    parser.add_argument('--stretch', nargs='?', const='', default=None, metavar='MMCV_SDIST',
+                        help='with --prepare: also mmdet\'s wheels and the mmcv sdist; in a run: build that '
+                             'sdist with CUDA ops in the background, then time Mask R-CNN steps (phase maskrcnn)')
     args = parser.parse_args(argv)
     if args.prepare:
-        call = gpu_check.prepare_carry(args.prepare)
+        call = gpu_check.prepare_carry(args.prepare, stretch=args.stretch is not None)
         print(gpu_check.format_run_call(call))
         return 0
+    if args.stretch == '':
+        raise SystemExit('gpu_check: --stretch needs the mmcv sdist to build (e.g. .device_carry/sdist/mmcv-2.1.0.tar.gz) '
+                         'when it is not used with --prepare')
     report = gpu_check.run_check(args.device, args.out, quick=args.quick, budget_s=args.budget,
-                                 only=args.only, golden_dir=args.golden)
+                                 only=args.only, golden_dir=args.golden, mmcv_sdist=args.stretch or None)
     print(open(os.path.join(args.out, 'gpu_check.md')).read())
     print(f"[gpu_check] {'all phases ok' if report['ok'] else 'NOT all phases ok'} in {report['seconds']} s; "
           f'wrote {args.out}/gpu_check.json and gpu_check.md')
