@@ -134,3 +134,24 @@ def test_stretch_build_still_running_at_the_deadline_is_stopped_and_recorded(tmp
     assert res['ok'] is False and res['build']['finished'] is False and res['rows'] == []
     assert res['build']['log_tail'] == ['building mmcv._ext'] and 'had not finished' in res['notes'][0]
     assert gpu_check.maskrcnn_after_build(None, 'cuda', 10, [])['skipped']
+
+
+def test_harness_rows_get_kernel_and_swin_ratios_and_timm_swin_gives_four_maps():
+    """What the GPU table adds to the harness: CUDA kernels over the authors' and memory over
+    Swin-T (timm's where mmdet's cannot be built); timm's Swin-T at a detection-like size that
+    is no multiple of the window returns the four stage maps of a dense backbone."""
+    from iformer_mm.analysis.bench import summarise
+    from iformer_mm.analysis.bench.workloads import timm_swin_t
+
+    def row(impl, t, mem, kernels):
+        return dict(kind='backbone', name='bb', impl=impl, mode='fwdbwd', dtype='bf16', median_s=t,
+                    peak_cuda_gb=mem, cuda_kernels=kernels)
+    rows = {r['impl']: r for r in summarise([row('authors_sdpa', 2.0, 4.0, 1000), row('reference', 1.0, 2.0, 1050),
+                                              row(gpu_check.SWIN, 0.5, 1.0, 800)])}
+    assert rows['reference']['kernels_vs_base'] == pytest.approx(1.05)
+    assert rows['reference']['time_vs_swin'] == pytest.approx(2.0)
+    assert rows['reference']['mem_vs_swin'] == pytest.approx(2.0)
+    swin = timm_swin_t((96, 160)).eval()
+    with torch.no_grad():
+        maps = swin(torch.randn(1, 3, 96, 160))
+    assert [tuple(m.shape) for m in maps] == [(1, 96, 24, 40), (1, 192, 12, 20), (1, 384, 6, 10), (1, 768, 3, 5)]
