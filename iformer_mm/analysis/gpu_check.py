@@ -13,7 +13,11 @@ the JSON is rewritten after every phase, so a phase that runs out of time is rec
   L2 of fp32, and ``impl='auto'`` runs the kernels of :mod:`iformer_mm.ops` only where
   :data:`~iformer_mm.ops.dispatch.MEASURED_WINS` says (on CUDA: never), counted by call;
 * ``benchmark``, ``with_cp``, ``compile`` — cases of the one benchmark harness
-  (:mod:`iformer_mm.analysis.bench`): see :func:`benchmark_cases`.
+  (:mod:`iformer_mm.analysis.bench`): see :func:`benchmark_cases`;
+* ``maskrcnn`` — only with an mmcv sdist (``--stretch``): see :func:`maskrcnn_after_build`.
+
+:func:`prepare_carry` downloads what the device lacks and :func:`run_call` gives the device
+tool's exact ``run`` call (docs/performance.md, GPU section).
 
 ``--device cpu --quick`` runs the same code on tiny shapes (fp32 and bf16; fp16 is skipped
 with the reason recorded), which is how CI tests this module.
@@ -35,9 +39,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from . import golden as gold
+from .bench import load_avg
+from .bench.workloads import autocast
 
-__all__ = ['PHASES', 'SCHEMA', 'PhaseTimeout', 'check_device', 'environment', 'golden_exactness',
-           'kernel_calls', 'render_markdown', 'run_check', 'sdpa_backends']
+__all__ = ['PHASES', 'SCHEMA', 'PhaseTimeout', 'benchmark_cases', 'check_device', 'default_budget', 'environment',
+           'format_run_call', 'golden_exactness', 'kernel_calls', 'maskrcnn_after_build', 'prepare_carry',
+           'render_markdown', 'run_benchmark', 'run_call', 'run_check', 'sdpa_backends', 'time_box']
 
 SCHEMA = 'iformer_mm.gpu_check/1'
 DTYPES = ('fp32', 'bf16', 'fp16')
@@ -99,10 +106,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _autocast(device: str, dtype: str) -> Any:
-    return contextlib.nullcontext() if dtype == 'fp32' else torch.autocast(device, _TORCH_DTYPES[dtype])
-
-
 @contextlib.contextmanager
 def tf32_off() -> Iterator[None]:
     """fp32 matmuls and convolutions in full fp32 (the golden tolerance is fp32's)."""
@@ -131,7 +134,7 @@ def environment(device: str) -> Dict[str, Any]:
     env: Dict[str, Any] = dict(
         python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
         cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        cpu_count=os.cpu_count(), threads=torch.get_num_threads(), load_avg=_load_avg(),
+        cpu_count=os.cpu_count(), threads=torch.get_num_threads(), load_avg=load_avg(),
         sdpa_toggle=_sdpa_toggle_api(),
         packages={n: _version(n) for n in ('timm', 'numpy', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation')})
     if device == 'cuda':
@@ -142,13 +145,6 @@ def environment(device: str) -> Dict[str, Any]:
     else:
         env.update(gpu=None, cpu=platform.processor() or platform.machine())
     return env
-
-
-def _load_avg() -> List[float]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 # ============================================================================ SDPA backends
@@ -332,7 +328,7 @@ def golden_exactness(device: str, quick: bool, golden_dir: Optional[str] = None,
                 ref: List[torch.Tensor] = []
                 for dt in dtypes:
                     expect_kernels = (torch.device(device).type, _TORCH_DTYPES[dt]) in MEASURED_WINS
-                    with torch.no_grad(), kernel_calls() as calls, _autocast(device, dt), tf32_off():
+                    with torch.no_grad(), kernel_calls() as calls, autocast(device, dt), tf32_off():
                         outs = _outputs(model, kind, x)
                     ran = sum(calls.values())
                     if dt == 'fp32':
@@ -348,7 +344,7 @@ def golden_exactness(device: str, quick: bool, golden_dir: Optional[str] = None,
                     rows.append(dict(case=name, model=kind, dtype=dt, metric=metric, error=err, tol=tol,
                                      kernel_calls=ran, kernels_expected=expect_kernels,
                                      ok=bool(err <= tol and (ran > 0) == expect_kernels)))
-    ok = all(r['ok'] for r in rows if r['ok'] is not None)
+    ok = all(r['ok'] for r in rows)  # a skipped model (no mmengine) leaves the check incomplete
     return dict(rows=rows, ok=ok, skipped_dtypes=skipped, golden_dir=str(folder),
                 rule='impl=auto runs the ops kernels only on (device, dtype) in MEASURED_WINS: '
                      + ', '.join(f'{d}/{str(t).replace("torch.", "")}' for d, t in sorted(MEASURED_WINS, key=str)))
@@ -433,7 +429,8 @@ def _run_phases(report: Dict[str, Any], selected: Sequence[str], fns: Dict[str, 
         try:
             with time_box(box):
                 result = fns[p](box, rows)
-            status = 'skipped' if result.get('skipped') else 'ok' if result.get('ok', True) else 'failed'
+            status = ('skipped' if result.get('skipped') else 'timeout' if result.get('out_of_time')
+                      else 'ok' if result.get('ok', True) else 'failed')
             entry.update(status=status, result=result)
         except PhaseTimeout as e:
             entry.update(status='timeout', error=str(e), result=dict(rows=rows, partial=True) if rows else None)
@@ -481,7 +478,7 @@ def maskrcnn_after_build(build: Optional[Dict[str, Any]], device: str, seconds: 
                 log_tail=_log_tail(build['log']))
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
-        return dict(rows=[], build=dict(info, finished=False), ok=False,
+        return dict(rows=[], build=dict(info, finished=False), ok=False, out_of_time=True,
                     notes=[f"mmcv's CUDA build had not finished after {info['build_seconds']} s: stopped"])
     if proc.returncode != 0:
         return dict(rows=[], build=dict(info, finished=True), ok=False, notes=['the mmcv build failed (log_tail)'])
@@ -698,9 +695,11 @@ def run_benchmark(phase: str, device: str, quick: bool, seconds: float,
                        timeout=min(CASE_TIMEOUT_S[quick], left))
         r = run_case_in_subprocess(c, opts)
         results.append(r)
+        kernels = f", {r['cuda_kernels']} CUDA kernels" if r.get('cuda_kernels') is not None else ''
         log(f"[gpu_check]   {c.id:<48} " + (r.get('error') or f"{_ms(r):.1f} ms, peak {peak_gb(r):.3f} GB, "
-                                                     f"{r.get('aten_ops')} ATen ops, {r.get('cuda_kernels')} CUDA kernels"))
-    return dict(rows=results, swin=SWIN_NOTE, ok=not any('error' in r for r in results))
+                                                     f"{r.get('aten_ops')} ATen ops{kernels}"))
+    return dict(rows=results, swin=SWIN_NOTE, ok=not any('error' in r for r in results),
+                out_of_time=any(r.get('error', '').startswith('not run') for r in results))
 
 
 SWIN_NOTE = ("Swin-T is timm's swin_tiny_patch4_window7_224 built for the input size "
