@@ -155,3 +155,23 @@ def test_harness_rows_get_kernel_and_swin_ratios_and_timm_swin_gives_four_maps()
     with torch.no_grad():
         maps = swin(torch.randn(1, 3, 96, 160))
     assert [tuple(m.shape) for m in maps] == [(1, 96, 24, 40), (1, 192, 12, 20), (1, 384, 6, 10), (1, 768, 3, 5)]
+
+
+def test_the_table_reports_the_targets_from_the_bf16_training_rows():
+    """A CUDA-like report: the ratios table, with_cp and compile against eager, and the issue's
+    targets read off the bf16 800x1344 fwd+bwd rows (met / NO), not asserted on the run."""
+    name = gpu_check.BENCH_SHAPES[False][0][0]
+
+    def row(impl, t, mem, kernels, **kw):
+        return dict(kind='backbone', name=name, impl=impl, mode='fwdbwd', dtype='bf16', median_s=t, times=[t],
+                    warmup_s=t, peak_cuda_gb=mem, aten_ops=1000, cuda_kernels=kernels, **kw)
+    phases = {'benchmark': dict(result=dict(rows=[row('authors_sdpa', 0.2, 10.0, 1000), row('reference', 0.18, 7.0, 1200),
+                                                  row(gpu_check.SWIN, 0.1, 5.0, 900)])),
+              'with_cp': dict(result=dict(rows=[row('reference+cp', 0.27, 3.5, 1500)])),
+              'compile': dict(result=dict(rows=[dict(row('ours+compile', 0.12, 6.0, None), warmup_s=60.12)]))}
+    md = '\n'.join(gpu_check._md_measured(gpu_check._measured(phases)))
+    assert '| time_vs_base | <= 1.0 | 0.900 | yes |' in md
+    assert '| mem_vs_base | <= 0.8 | 0.700 | yes |' in md
+    assert '| kernels_vs_base | <= 1.1 | 1.200 | NO |' in md
+    assert '| reference+cp | bf16 | 270.0 | 180.0 | 1.50 | 0.50 | - |' in md
+    assert '| ours+compile | bf16 | 120.0 | 180.0 | 0.67 | 0.86 | 60.0 |' in md

@@ -59,9 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(open(os.path.join(args.out, 'gpu_check.md')).read())
     print(f"[gpu_check] {'all phases ok' if report['ok'] else 'NOT all phases ok'} in {report['seconds']} s; "
           f'wrote {args.out}/gpu_check.json and gpu_check.md')
-    if not report['ok']:
-        raise SystemExit(1)
-    return 0
+    return 0 if report['ok'] else 1
 
 
 if __name__ == '__main__':
