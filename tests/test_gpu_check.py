@@ -110,7 +110,7 @@ def test_quick_cpu_run_of_every_phase(tmp_path):
                        env=env_with_repo(OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
-    _schema_ok(report, gpu_check.PHASES)
+    _schema_ok(report, [p for p in gpu_check.PHASES if p != 'maskrcnn'])  # maskrcnn: only with --stretch
     assert report['phases']['compile']['status'] == 'skipped'
     rows = report['phases']['benchmark']['result']['rows']
     impls = {(r['impl'], r['dtype']) for r in rows if 'median_s' in r}
