@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Optional, Sequence
 
 from iformer_mm.analysis import gpu_check
@@ -34,8 +35,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--out', default=os.environ.get('OUT') or 'work_dirs/gpu_check',
                         help='folder for gpu_check.json and gpu_check.md (default $OUT, else work_dirs/gpu_check)')
     parser.add_argument('--budget', type=float, default=None,
-                        help='seconds for all phases together (default: the sum of the time boxes, '
-                             f'{gpu_check.default_budget("cuda"):.0f} s on CUDA)')
+                        help=f'seconds for all phases together (default {gpu_check.default_budget("cuda"):.0f} on '
+                             f'CUDA, {gpu_check.default_budget("cpu"):.0f} on CPU; each phase has its own time box too)')
     parser.add_argument('--only', nargs='+', choices=gpu_check.PHASES, default=None,
                         help='run only these phases (e.g. to rerun the ones that timed out)')
     parser.add_argument('--golden', default=None,
@@ -56,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          'when it is not used with --prepare')
     report = gpu_check.run_check(args.device, args.out, quick=args.quick, budget_s=args.budget,
                                  only=args.only, golden_dir=args.golden, mmcv_sdist=args.stretch or None)
-    print(open(os.path.join(args.out, 'gpu_check.md')).read())
+    print(Path(args.out, 'gpu_check.md').read_text())
     print(f"[gpu_check] {'all phases ok' if report['ok'] else 'NOT all phases ok'} in {report['seconds']} s; "
           f'wrote {args.out}/gpu_check.json and gpu_check.md')
     return 0 if report['ok'] else 1
