@@ -30,7 +30,7 @@ def user_errors() -> Tuple[Type[BaseException], ...]:
     from .build import ConfigError
     from .pretrained import CheckpointError
     errors: Tuple[Type[BaseException], ...] = (CheckpointError, ConfigError)
-    for module, name in (('iformer_mm.analysis.features', 'AnalysisError'), ('iformer_mm.env', 'StackError'),
+    for module, name in (('iformer_mm.analysis.features', 'AnalysisError'),
                          ('iformer_mm.engine.stack_check', 'StackError')):
         mod = sys.modules.get(module)  # only a module the tool imported can have raised it
         if mod is not None and hasattr(mod, name):

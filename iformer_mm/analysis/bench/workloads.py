@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from .core import TORCH_DTYPE, Case, Options, Runner, Step, register_runner
 

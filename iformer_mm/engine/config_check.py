@@ -21,7 +21,7 @@ import os
 import os.path as osp
 from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
-from .build import ConfigError
+from ..build import ConfigError
 
 __all__ = ['ConfigError', 'CUSTOM_IMPORTS_FIX', 'check_config', 'check_backbone_types',
            'check_dataset_paths', 'check_num_classes', 'explain_build_error', 'preflight_or_exit',
@@ -238,7 +238,7 @@ def preflight_or_exit(cfg: Any, splits: Optional[Tuple[str, ...]] = None) -> Non
     """What ``tools/train.py`` and ``tools/test.py`` check before building anything: the
     installed stack for the config's toolbox, then :func:`check_config`. A problem ends the
     process with one ``error: ...`` message naming the fix (no traceback)."""
-    from .env import StackError, require_stack
+    from .stack_check import StackError, require_stack
     try:
         require_stack({'mmdet': 'det', 'mmseg': 'seg'}.get(cfg.get('default_scope'), 'mm'))
         check_config(cfg, splits=splits)
