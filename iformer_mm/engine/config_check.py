@@ -254,7 +254,7 @@ def build_runner(cfg: Any, verbose: bool = False) -> Any:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from .engine.console import config_to_work_dir
+    from .console import config_to_work_dir
     try:
         with config_to_work_dir(cfg, verbose):
             return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

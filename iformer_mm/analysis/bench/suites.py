@@ -72,6 +72,7 @@ def expand(cases: List[Case], args: PlanArgs) -> List[Case]:
 
 # ============================================================================ perf
 BACKBONE_IMPLS = ('authors_naive', 'authors_sdpa', 'reference', 'ours', 'swin_t')
+SWIN_IMPLS = ('swin_t', 'swin_t_timm')  # mmdet's Swin-T; timm's (machines without mmcv's ops)
 VARIANT_IMPLS = ('ours+cp', 'ours+cp12', 'ours+win14', 'ours+compile')
 
 
@@ -178,6 +179,8 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                     row[f'mem_vs_{tag}'] = peak_gb(r) / peak_gb(ref)
                     if r.get('aten_ops') and ref.get('aten_ops'):
                         row[f'ops_vs_{tag}'] = r['aten_ops'] / ref['aten_ops']
+                    if r.get('cuda_kernels') and ref.get('cuda_kernels'):
+                        row[f'kernels_vs_{tag}'] = r['cuda_kernels'] / ref['cuda_kernels']
             fp32 = by.get((r['name'], r['mode'], r['impl'], 'fp32', th(r)))
             if fp32 is not None and dt(r) != 'fp32':
                 row['time_vs_fp32'] = r['median_s'] / fp32['median_s']
@@ -188,9 +191,10 @@ def summarise(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 a16 = by.get((r['name'], r['mode'], 'sdpa_only', 'bf16', th(r)))
                 if mm32 and mm16 and a32 and a16:  # best runs: the most this machine gave bf16
                     row['bf16_ceiling'] = bf16_ceiling(r, _best(mm32) / _best(mm16), _best(a32) / _best(a16))
-            swin = by.get((r['name'], r['mode'], 'swin_t', dt(r), th(r)))
+            swin = next((by[k] for k in ((r['name'], r['mode'], s, dt(r), th(r)) for s in SWIN_IMPLS) if k in by), None)
             if swin is not None:
                 row['time_vs_swin'] = r['median_s'] / swin['median_s']
+                row['mem_vs_swin'] = peak_gb(r) / peak_gb(swin)
             # Achieved rate: every iFormer implementation does the same work (attention
             # included), counted once on ours; FLOPs = 2 x MACs, backward = 2 x forward.
             fl = None

@@ -11,7 +11,10 @@ Models (the same deterministic weights, ``torch.manual_seed(0)``, for every impl
 * ``ours`` — ``impl='fast'``: the kernels of :mod:`iformer_mm.ops` wherever they can run, also on
   (device, dtype) pairs where ``impl='auto'`` would not pick them yet;
 * ``ours+cp`` / ``ours+cp12`` / ``ours+win14`` / ``ours+compile`` — variants of ``ours``;
+  ``reference+cp`` — ``reference`` with gradient checkpointing (what GPUs run, with ``with_cp``);
 * ``swin_t`` — mmdet's Swin-T as its Mask R-CNN config builds it;
+* ``swin_t_timm`` — timm's Swin-T (``swin_tiny_patch4_window7_224`` at the input size, the four
+  stage maps): for machines without mmcv's compiled ops, where mmdet's cannot be built;
 * a ``Case.config`` — the backbone that config builds (drop path off, no pretrained weights);
 * ``sdpa_only`` — only the attention calls ours makes for that input (kind ``attention``).
 
@@ -45,6 +48,7 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     'ours+cp12': dict(with_cp=[True, True, False, False]),
     'ours+win14': dict(window_size=[14, 14, None, None]),
     'ours+compile': {},
+    'reference+cp': dict(with_cp=True),
 }
 
 
@@ -56,12 +60,30 @@ def iformer_backbone(impl: str) -> Any:
     from ..baselines import AuthorsIFormer
     torch.manual_seed(0)
     ours = IFormer('small', drop_path_rate=0.0, out_norm=False,
-                   impl='reference' if impl == 'reference' else 'fast', **VARIANTS.get(impl, {}))
+                   impl='reference' if impl.split('+')[0] == 'reference' else 'fast', **VARIANTS.get(impl, {}))
     if not impl.startswith('authors_'):
         return ours
     authors = AuthorsIFormer('small', attn=impl[len('authors_'):])
     authors.load_state_dict(ours.state_dict(), strict=True)
     return authors
+
+
+def timm_swin_t(shape: Tuple[int, int]) -> Any:
+    """timm's Swin-T built for ``shape``, returning the four stage maps (NCHW) as a dense backbone
+    does: the Swin-T of machines without mmcv's compiled ops (mmdet's needs them)."""
+    import timm
+    import torch
+
+    class StageMaps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = timm.create_model('swin_tiny_patch4_window7_224', img_size=tuple(shape), num_classes=0,
+                                           drop_path_rate=0.0)
+
+        def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+            return tuple(self.model.forward_intermediates(x, intermediates_only=True))
+    torch.manual_seed(0)
+    return StageMaps()
 
 
 def config_backbone(config: str) -> Any:
@@ -138,6 +160,8 @@ def case_backbone(case: Case) -> Any:
         return config_backbone(case.config)
     if case.impl == 'swin_t':
         return config_backbone(SWIN_DET_CFG)
+    if case.impl == 'swin_t_timm':
+        return timm_swin_t(case.shape)
     return iformer_backbone(case.impl)
 
 
