@@ -133,8 +133,8 @@ def register_runner(name: str) -> Callable[[Type[Runner]], Type[Runner]]:
 
 # ============================================================================ primitives
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (GB): the CPU memory figure."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB on Linux
+    """Peak resident memory of this process so far (GB, 1e9 bytes): the CPU memory figure."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is KiB on Linux
 
 
 def current_rss_gb() -> float:
