@@ -26,7 +26,7 @@ import torch.fx
 
 __all__ = ['HAS_SAFE_GLOBALS', 'SAFE_GLOBALS_TORCH', 'SAFE_GLOBAL_ALIASES_TORCH', 'TorchFeatureError',
            'autocast_dtype', 'has_safe_global_aliases', 'is_compiling', 'is_fx_tracing', 'is_graph_capture',
-           'load_defaults_to_weights_only', 'require_safe_globals', 'safe_globals',
+           'load_defaults_to_weights_only', 'onnx_export_kwargs', 'require_safe_globals', 'safe_globals',
            'unsafe_globals_in_checkpoint']
 
 _ser = torch.serialization
@@ -72,6 +72,16 @@ def is_graph_capture() -> bool:
     if is_compiling() or torch.onnx.is_in_onnx_export():
         return True
     return is_fx_tracing()
+
+
+def onnx_export_kwargs() -> dict:
+    """What ``torch.onnx.export`` needs to run the TorchScript-based exporter on every torch.
+
+    Newer torch takes ``dynamo=`` (and defaults to the dynamo exporter); torch < 2.5 has only
+    the TorchScript one and no such argument.
+    """
+    import inspect
+    return {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
 
 
 # ----------------------------------------------------------------------------- autocast

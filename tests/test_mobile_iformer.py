@@ -439,7 +439,7 @@ def test_dense_m_exports_to_onnx_with_windows(tmp_path, authors_sd):
     path = tmp_path / 'mobile_iformer_m.onnx'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(model, (x,), str(path), opset_version=17, **compat.onnx_export_kwargs(),
                           input_names=['images'], output_names=[f'c{i}' for i in range(2, 6)])
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     outs = sess.run(None, {'images': x.numpy()})

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from iformer_mm import compat
 from iformer_mm.models.iformer import InceptionMixer, InceptionTransformer, LowMixer
 
 TINY = dict(depths=[1, 1, 2, 1], embed_dims=[64, 64, 96, 128], attention_heads=[1, 1, 1, 2, 3])
@@ -214,7 +215,7 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     path = tmp_path / 'iformer_tiny.onnx'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+        torch.onnx.export(model, (x,), str(path), opset_version=17, **compat.onnx_export_kwargs(),
                           input_names=['images'], output_names=['logits'])
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     out = sess.run(None, {'images': x.numpy()})[0]

@@ -12,7 +12,7 @@
 #             Python <= 3.11; the stack OpenMMLab's prebuilt mmcv 2.1.0 wheels pair with;
 #   installed: the torch that is installed (2.1 or newer), its torchvision release, and mmcv
 #             built for it (or an mmcv with working ops already installed, e.g. from OpenMMLab).
-# Both: mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, timm >= 1.0.30,<1.1. Every pip call
+# All: mmengine 0.10.7, mmdet 3.3.0, mmsegmentation 1.2.2, timm >= 1.0.30,<1.1. Every pip call
 # that could otherwise resolve another torch (or NumPy) pins them in the same command. A torch
 # of the stack's version that is already installed (e.g. a CPU or CUDA build from PyTorch's own
 # index) is kept. After mmcv is installed, `import mmcv.ops` must work with this torch: pip keys
@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do
     --tests) with_tests=1 ;;
     --stack) stack="${2:-}"; shift ;;
     --stack=*) stack="${1#--stack=}" ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "[install] unknown option $1 (use --tests, --stack torch2.1|torch2.13|installed)" >&2; exit 2 ;;
   esac
   shift
