@@ -145,9 +145,12 @@ if [ "${IFORMER_SKIP_STACK:-0}" != 1 ]; then
     pip_ mmdet==3.3.0 mmsegmentation==1.2.2 ftfy regex pycocotools \
          "timm>=1.0.30,<1.1" torchvision=="$TV_VER" grad-cam "${PINS[@]}"
 fi
+# Two environments installed from one checkout at once (CI's two jobs) must not write the
+# package's build metadata in the checkout at the same time: the editable step takes a lock.
+locked() { if command -v flock >/dev/null 2>&1; then flock "${TMPDIR:-/tmp}/iformer_mm_install.lock" "$@"; else "$@"; fi; }
 if [ "$with_tests" = 1 ]; then
   step "6/6 iformer_mm (editable) + test tools: pip install -e \".[tests]\"" "1 min" \
-    pip_ --no-build-isolation -e "$here[tests]" "${PINS[@]}"
+    locked "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation -e "$here[tests]" "${PINS[@]}"
   # mmpretrain's PoolFormer for tests/test_poolformer_crosscheck.py: without its heavy
   # requirements (--no-deps), plus its small pure-Python ones.
   if "$PY" -c "import mmpretrain.models" >/dev/null 2>&1; then
@@ -158,7 +161,8 @@ if [ "$with_tests" = 1 ]; then
     step "mmpretrain's small requirements" "10 s" pip_ importlib-metadata modelindex einops mat4py "${PINS[@]}"
   fi
 else
-  step "6/6 iformer_mm (editable)" "10 s" pip_ --no-build-isolation --no-deps -e "$here"
+  step "6/6 iformer_mm (editable)" "10 s" \
+    locked "$PY" -m pip install --disable-pip-version-check -q --no-build-isolation --no-deps -e "$here"
 fi
 
 # CPU torch + the registry's CUDA-only torchvision: teach the interpreter to import it
