@@ -104,7 +104,7 @@ def test_install_script_pins_the_stack_and_takes_test_tools_from_the_extra(repo_
 def test_install_script_refuses_an_old_python(repo_root, tmp_path):
     res, calls = _install(repo_root, tmp_path / 'old', version='3.8.10')
     assert res.returncode == 1
-    assert 'Python 3.8.10: torch 2.13 needs Python >= 3.10' in res.stderr
+    assert 'Python 3.8.10: iformer_mm needs Python >= 3.10' in res.stderr
     assert not any('pip' in c for c in calls)
 
 

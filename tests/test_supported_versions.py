@@ -180,7 +180,7 @@ def test_newer_torch_apis_are_called_through_compat_only(repo_root):
     newer = ('torch.compiler.is_compiling(', 'get_autocast_dtype(', 'is_fx_symbolic_tracing(',
              'serialization.safe_globals(', 'add_safe_globals(', 'get_unsafe_globals_in_checkpoint(')
     files = [*(repo_root / 'iformer_mm').rglob('*.py'), *(repo_root / 'tools').rglob('*.py'),
-             repo_root / 'iformer_mm_tvfix.py']
+             repo_root / 'iformer_mm_torchvision_shim.py']
     calls = [f'{f.relative_to(repo_root)}: {api}' for f in files if f.name != 'compat.py'
              for api in newer if api in f.read_text()]
     assert not calls, calls
