@@ -28,9 +28,11 @@ def test_test_tools_come_from_the_tests_extra(repo_root):
     assert '-e "$here[tests]"' in install
     assert 'pytest' not in install and 'onnx' not in install  # test tools only through the extra
     setup = (repo_root / 'setup.py').read_text()
-    extra = re.search(r"extras_require=\{'tests': \[(.*?)\]\}", setup).group(1)
-    for tool in ('pytest', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript'):
-        assert f"'{tool}'" in extra, tool
+    deploy = re.search(r"DEPLOY = \[(.*?)\]", setup).group(1)
+    for tool in ('onnx', 'onnxruntime', 'onnxscript'):  # the deploy extra, also in tests
+        assert f"'{tool}'" in deploy, tool
+    assert "extras_require={'deploy': DEPLOY, 'tests': ['pytest', 'pytest-timeout'] + DEPLOY}" in setup
+    assert 'onnx' not in re.search(r'install_requires=\[(.*?)\]', setup).group(1)
 
 
 def test_license_and_python_floor_are_true(repo_root):
