@@ -155,21 +155,61 @@ class _SizedUpsample(nn.Module):
         return F.interpolate(x, size=size, mode=self.mode, align_corners=self.align_corners)
 
 
-@contextlib.contextmanager
-def export_friendly(model: nn.Module) -> Iterator[int]:
-    """Within the block, mmseg ``Upsample`` modules with an integer scale are :class:`_SizedUpsample`
-    (same size, same interpolation, so the same numbers); restored afterwards. Yields the count."""
+class _AdaptiveAvgPoolMatmul(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two matrix products whose bins follow the input's symbolic
+    size (the same bins: ``[floor(i*H/o), ceil((i+1)*H/o))``). The exporter writes the ATen op
+    with bins fixed at the example's size (UperNet's pyramid pooling: wrong, or an ORT index
+    error, at other sizes)."""
+
+    def __init__(self, output_size: Any) -> None:
+        super().__init__()
+        self.output_size = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+
+    @staticmethod
+    def _bins(n: Any, o: int, like: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(o, device=like.device)
+        start = torch.div(i * n, o, rounding_mode='floor')
+        end = torch.div((i + 1) * n + o - 1, o, rounding_mode='floor')
+        pos = torch.arange(n, device=like.device)
+        inside = (pos[None] >= start[:, None]) & (pos[None] < end[:, None])
+        return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        oh, ow = (h if self.output_size[0] is None else self.output_size[0],
+                  w if self.output_size[1] is None else self.output_size[1])
+        return self._bins(h, oh, x) @ x @ self._bins(w, ow, x).transpose(0, 1)
+
+
+def _swap_for(child: nn.Module, dynamic: bool) -> Optional[nn.Module]:
+    """The export-friendly stand-in for ``child``, or ``None`` to keep it."""
     try:
         from mmseg.models.utils import Upsample
     except ImportError:
-        yield 0
-        return
+        Upsample = None  # noqa: N806
+    s = getattr(child, 'scale_factor', None)
+    if Upsample is not None and type(child) is Upsample and not child.size and isinstance(s, float) \
+            and s.is_integer():
+        return _SizedUpsample(int(s), child.mode, child.align_corners)
+    if dynamic and type(child) is nn.AdaptiveAvgPool2d:
+        size = child.output_size if isinstance(child.output_size, (tuple, list)) else (child.output_size,) * 2
+        if tuple(size) != (1, 1):  # global pooling exports as ReduceMean, size-free
+            return _AdaptiveAvgPoolMatmul(child.output_size)
+    return None
+
+
+@contextlib.contextmanager
+def export_friendly(model: nn.Module, dynamic: bool = True) -> Iterator[int]:
+    """Within the block, modules the exporter would freeze at the example's size are swapped for
+    stand-ins that compute the same numbers from the symbolic size (mmseg ``Upsample`` with an
+    integer scale: :class:`_SizedUpsample`; with ``dynamic``, ``nn.AdaptiveAvgPool2d`` to a
+    size other than 1: :class:`_AdaptiveAvgPoolMatmul`); restored afterwards. Yields the count."""
     swapped: List[Tuple[nn.Module, str, nn.Module]] = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            s = getattr(child, 'scale_factor', None)
-            if type(child) is Upsample and not child.size and isinstance(s, float) and s.is_integer():
-                setattr(parent, name, _SizedUpsample(int(s), child.mode, child.align_corners))
+            new = _swap_for(child, dynamic)
+            if new is not None:
+                setattr(parent, name, new)
                 swapped.append((parent, name, child))
     try:
         yield len(swapped)
@@ -333,7 +373,7 @@ def export_onnx(module: nn.Module, out: str, shape: Sequence[int], *, kind: str 
         # at run time for N > 1), even with Dim.DYNAMIC: trace with two images
         shape = (2,) + tuple(shape[1:])
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings(), export_friendly(module), torch.no_grad(), _quiet_exporter():
+    with warnings.catch_warnings(), export_friendly(module, dynamic), torch.no_grad(), _quiet_exporter():
         warnings.simplefilter('ignore')
         try:
             program = torch.onnx.export(module, (x,), dynamo=True, opset_version=max(opset, MIN_EXPORTER_OPSET),
