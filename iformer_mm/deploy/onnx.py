@@ -447,6 +447,18 @@ def metadata(session: Any) -> Dict[str, str]:
     return {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
 
 
+def _segmentor_file(session: Any) -> Dict[str, str]:
+    """The file's metadata, after checking it is a segmentor with logits output."""
+    meta = metadata(session)
+    if meta.get('kind') != 'segmentor':
+        raise ExportError(f'the ONNX file holds a {meta.get("kind", "model of unknown kind")}, not a segmentor '
+                          '(export one with tools/deploy/export_onnx.py SEG_CONFIG ...)')
+    if meta.get('argmax') == 'True':
+        raise ExportError('the ONNX file outputs label maps (--argmax); evaluation needs the logits: '
+                          'export again without --argmax')
+    return meta
+
+
 def use_onnxruntime(segmentor: nn.Module, session: Any) -> None:
     """Make an mmseg segmentor run its network in ``session``: its ``encode_decode`` (what whole
     and slide inference call per image / window) feeds ONNX Runtime; the data preprocessor,
@@ -455,14 +467,7 @@ def use_onnxruntime(segmentor: nn.Module, session: Any) -> None:
     Raises:
         ExportError: the file is not a segmentor with logits output.
     """
-    meta = metadata(session)
-    if meta.get('kind') != 'segmentor':
-        raise ExportError(f'the ONNX file holds a {meta.get("kind", "model of unknown kind")}, not a segmentor '
-                          '(export one with tools/deploy/export_onnx.py SEG_CONFIG ...)')
-    if meta.get('argmax') == 'True':
-        raise ExportError('the ONNX file outputs label maps (--argmax); evaluation needs the logits: '
-                          'export again without --argmax')
-    folded = meta.get('fold_preprocess') == 'True'
+    folded = _segmentor_file(session).get('fold_preprocess') == 'True'
     pre, head = segmentor.data_preprocessor, segmentor.decode_head
     flip = bool(getattr(pre, '_channel_conversion', False))
 
@@ -566,6 +571,7 @@ def evaluate_onnx(config: str, onnx_file: str, work_dir: Optional[str] = None,
     if not os.path.isfile(onnx_file):
         raise ExportError(f'ONNX file not found: {onnx_file!r} (write it with tools/deploy/export_onnx.py)')
     session = onnx_session(onnx_file, threads)
+    _segmentor_file(session)
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
