@@ -11,8 +11,9 @@ with the backbones its users compare it with.
 
 Layout: :mod:`.models` (the reference model, timm and mm adapters), :mod:`.ops` (fast kernels
 beside the modules they stand in for), :mod:`.pretrained` (the one safe checkpoint loader),
-:mod:`.registry`, :mod:`.engine` (runner helpers), :mod:`.datasets` (registered datasets),
-:mod:`.datagen` (dataset generators), :mod:`.analysis` (the tools' logic).
+:mod:`.registry`, :mod:`.build` (the one config -> model builder), :mod:`.cli` (the one tool
+entry), :mod:`.engine` (runner helpers and checks), :mod:`.datasets` (registered datasets),
+:mod:`.datagen` (dataset generators), :mod:`.analysis` and :mod:`.classification` (the tools' logic).
 """
 from .models import ARCH_SETTINGS, InceptionTransformer, resolve_arch
 from .pretrained import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained

@@ -1,46 +1,61 @@
-"""What every command-line tool of the repository does on a known error: one line, not a traceback."""
+"""How every command-line tool of the repository starts and ends: the one tool entry.
+
+A tool is ``def main(argv=None) -> Optional[int]`` plus::
+
+    if __name__ == '__main__':
+        main_entry(main)
+
+* the exit status is what ``main`` returns (``None`` is 0), or the code of a ``SystemExit`` it
+  raises (``raise SystemExit('error: ...')`` prints the message, status 1);
+* a known bad-input error (:data:`USER_ERRORS`: a checkpoint, a config, an analysis input, the
+  installed stack) ends with one ``error: <message>`` line and status 1 — its message already
+  names the problem and the fix, so a traceback would only hide it;
+* any other exception is a bug: its traceback as Python prints it, status 1;
+* the process then ends through :func:`iformer_mm.engine.device.end_process`: a rank of a
+  finished ``torchrun`` run exits with its status instead of sometimes aborting in
+  interpreter finalization.
+"""
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence, Tuple, Type
 
-from .pretrained import CheckpointError
+__all__ = ['main_entry', 'run_cli', 'user_errors']
 
-__all__ = ['main_entry', 'run_cli']
+Main = Callable[[Optional[Sequence[str]]], object]
 
 
-def run_cli(main: Callable[[Optional[Sequence[str]]], object], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a tool's ``main(argv)``; a :class:`CheckpointError` becomes ``error: ...`` on stderr.
+def user_errors() -> Tuple[Type[BaseException], ...]:
+    """The exception types whose message is the whole story (one line, no traceback)."""
+    from .build import ConfigError
+    from .pretrained import CheckpointError
+    errors: Tuple[Type[BaseException], ...] = (CheckpointError, ConfigError)
+    for module, name in (('iformer_mm.analysis.features', 'AnalysisError'),
+                         ('iformer_mm.engine.stack_check', 'StackError')):
+        mod = sys.modules.get(module)  # only a module the tool imported can have raised it
+        if mod is not None and hasattr(mod, name):
+            errors += (getattr(mod, name),)
+    return errors
 
-    The error's message already says what is wrong and the fix, so the traceback would only
-    hide it. Other exceptions propagate unchanged (they are bugs to report, with their trace).
 
-    Returns:
-        The process exit status: 0, or 1 after a :class:`CheckpointError`.
-    """
+def run_cli(main: Main, argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``main(argv)`` and return the process exit status (see the module doc)."""
     try:
-        main(argv)
-    except CheckpointError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
-
-
-def main_entry(main: Callable[[Optional[Sequence[str]]], object]) -> NoReturn:
-    """What a tool that can run distributed calls under ``if __name__ == '__main__':``.
-
-    :func:`run_cli`, with Python's own handling of ``SystemExit`` and of other exceptions
-    (message or traceback on stderr, status 1), then
-    :func:`iformer_mm.engine.device.end_process`: a rank of a finished ``torchrun`` run exits
-    with its status instead of sometimes aborting in interpreter finalization.
-    """
-    try:
-        status = run_cli(main)
+        status = main(argv)
     except SystemExit as e:
-        status = _exit_status(e.code)
-    except Exception:  # noqa: BLE001  (printed as Python would, then the same exit path)
-        sys.excepthook(*sys.exc_info())
-        status = 1
+        return _exit_status(e.code)
+    except Exception as e:  # noqa: BLE001  (sorted below: a known error or a bug)
+        if isinstance(e, user_errors()):
+            print(f'error: {e}', file=sys.stderr)
+        else:
+            sys.excepthook(*sys.exc_info())
+        return 1
+    return status if type(status) is int else 0  # (a bool or other value: 0)
+
+
+def main_entry(main: Main) -> NoReturn:
+    """What every tool calls under ``if __name__ == '__main__':`` (see the module doc)."""
+    status = run_cli(main)
     from .engine.device import end_process
     end_process(status)
 

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip('mmdet')
 
-from tools.analysis import benchmark as bench  # noqa: E402
+from _samples import det_sample, mask_rcnn, seg_sample, semantic_fpn  # noqa: E402
 from iformer_mm.engine.amp import FeatureAutocastHook, apply_amp, autocast_features  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope='module')
 def det_model():
-    return bench._build_mm(bench.DET_CFG, 'ours', 'mmdet')
+    return mask_rcnn('ours')
 
 
 def test_mask_rcnn_trains_and_predicts_with_a_bf16_backbone_on_cpu(det_model):
@@ -39,7 +39,7 @@ def test_mask_rcnn_trains_and_predicts_with_a_bf16_backbone_on_cpu(det_model):
     try:
         h = w = 128
         data = dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8)],
-                    data_samples=[bench._det_sample(h, w)])
+                    data_samples=[det_sample(h, w)])
         model.train()
         from mmengine.optim import OptimWrapper
         optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-3))
@@ -51,7 +51,7 @@ def test_mask_rcnn_trains_and_predicts_with_a_bf16_backbone_on_cpu(det_model):
 
         model.eval()
         with torch.no_grad():
-            out = model.test_step(dict(inputs=[data['inputs'][0]], data_samples=[bench._det_sample(h, w)]))
+            out = model.test_step(dict(inputs=[data['inputs'][0]], data_samples=[det_sample(h, w)]))
         assert out[0].pred_instances.bboxes.dtype == torch.float32
     finally:
         for hk in hooks:
@@ -210,7 +210,7 @@ def test_the_test_run_hook_puts_heads_in_bf16_after_loading_the_checkpoint(det_m
     model = copy.deepcopy(det_model).eval()
     h = w = 128
     data = dict(inputs=[torch.randint(0, 256, (3, h, w), dtype=torch.uint8)],
-                data_samples=[bench._det_sample(h, w)])
+                data_samples=[det_sample(h, w)])
     roi_feats = torch.randn(8, 256, 7, 7, generator=torch.Generator().manual_seed(0))
     mask_feats = torch.randn(8, 256, 14, 14, generator=torch.Generator().manual_seed(1))
 
@@ -256,10 +256,10 @@ def test_segmentor_inference_in_bf16_runs_the_decode_head_in_bf16_and_agrees_wit
     """mmseg: autocast_features(inference=True) puts the decode head's convs in bf16 too; the
     predicted label map agrees with fp32's on nearly every pixel and the logits stay fp32."""
     import copy
-    model = bench._build_mm(bench.SEG_CFG, 'ours', 'mmseg').eval()
+    model = semantic_fpn('ours')
     h = w = 128
     x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-    samples = [bench._seg_sample(h, w)]
+    samples = [seg_sample(h, w)]
     with torch.no_grad():
         ref = model(x, copy.deepcopy(samples), mode='predict')[0]
     autocast_features(model, 'bf16', inference=True)

@@ -17,6 +17,7 @@ from torch import nn
 
 from iformer_mm import InceptionTransformer
 from iformer_mm.analysis import AnalysisError, collect_feature_maps, find_layers, load_model, to_nchw
+from iformer_mm.build import ConfigError
 from iformer_mm.analysis.cam import cam_mass_inside, compute_cam
 from iformer_mm.analysis.frequency import analyse, relative_log_amplitude
 from iformer_mm.pretrained import CheckpointError
@@ -175,7 +176,7 @@ def test_missing_inputs_and_mismatched_checkpoint(tmp_path):
         load_images(str(tmp_path / 'nope.jpg'))
     with pytest.raises(AnalysisError, match='no images'):
         load_images(str(tmp_path))
-    with pytest.raises(AnalysisError, match='config file not found'):
+    with pytest.raises(ConfigError, match='config file not found'):
         load_model(str(tmp_path / 'missing_config.py'))
     with pytest.raises(AnalysisError, match='checkpoint file not found'):
         load_model('resnet18', checkpoint=str(tmp_path / 'missing.pth'))

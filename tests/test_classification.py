@@ -31,7 +31,7 @@ def train_mod():
 
 @pytest.fixture(scope='module')
 def common_mod():
-    from iformer_mm import classification
+    from iformer_mm.classification import common as classification
     return classification
 
 

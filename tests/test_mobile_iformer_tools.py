@@ -1,4 +1,5 @@
-"""Tools on the Mobile iFormer configs: get_flops.py counts them, backbone_latency.py times them."""
+"""Tools on the Mobile iFormer configs: get_flops.py counts them, the benchmark's latency suite
+times them, the converter makes the authors' detector file testable."""
 from __future__ import annotations
 
 import importlib.util
@@ -42,12 +43,18 @@ def test_get_flops_iformer_l_classifier_figure():
     assert round(res['full_flops'] / 1e9, 2) == 2.85
 
 
-def test_backbone_latency_tool_times_a_config(capsys):
-    _tool('backbone_latency').main([str(M_DET), '--shape', '64', '96', '--repeats', '1'])
-    out = capsys.readouterr().out
-    row = re.search(r'\| MobileIFormer \(mask_rcnn_mobile_iformer_m_1x\.py\) \| 8\.52 \| (\d+) \| (\d+) \|', out)
+def test_latency_suite_times_a_config():
+    import subprocess
+    import sys
+
+    from _subprocess import env_with_repo
+    res = subprocess.run([sys.executable, str(REPO / 'tools/analysis/benchmark.py'), '--suite', 'latency',
+                          '--configs', str(M_DET), '--shape', '64', '96', '--repeats', '1', '--no-ops'],
+                         capture_output=True, text=True, timeout=600, env=env_with_repo())
+    assert res.returncode == 0, res.stderr[-2000:]
+    row = re.search(r'\| MobileIFormer \(mask_rcnn_mobile_iformer_m_1x\.py\) \| 8\.52 \| (\d+) \| (\d+) \|', res.stdout)
     assert row and int(row.group(1)) >= int(row.group(2)) >= 0
-    assert '64x96, batch 1, 1 thread(s), median of 1 runs' in out
+    assert '64x96, batch 1, 1 thread(s), median of 1 run(s) after a warm-up' in res.stdout
 
 
 def test_converter_makes_the_authors_det_checkpoint_testable(tmp_path):

@@ -18,8 +18,8 @@ import torch
 
 import iformer_mm
 from iformer_mm import CheckpointError, InceptionTransformer, load_checkpoint_file, load_pretrained
-from iformer_mm.env import check_versions, installed_versions
-from iformer_mm.preflight import CUSTOM_IMPORTS_FIX, ConfigError, check_config, explain_build_error
+from iformer_mm.engine.stack_check import check_versions, installed_versions
+from iformer_mm.engine.config_check import CUSTOM_IMPORTS_FIX, ConfigError, check_config, explain_build_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_unknown_arch_lists_valid_names():
 @pytest.mark.parametrize('out_indices', [(4,), (0, 5), (-5,), ()])
 def test_out_indices_out_of_range(out_indices):
     from iformer_mm.models.backbone import IFormer
-    with pytest.raises(ValueError, match=r'out_indices .* out of range: iFormer has stages 0\.\.3'):
+    with pytest.raises(ValueError, match=r'out_indices .* out of range: iFormer has outputs 0\.\.3'):
         IFormer(arch='small', out_indices=out_indices)
 
 
@@ -220,7 +220,7 @@ def test_missing_mmcv_ops_says_what_to_install():
     """mmcv without its C++ ops (what a plain `pip install mmcv` builds): the tools' early check and
     check_env both say which reinstall fixes it."""
     code = ("import sys, json; sys.modules['mmcv._ext'] = None\n"
-            "from iformer_mm.env import require_stack, StackError, main\n"
+            "from iformer_mm.engine.stack_check import require_stack, StackError, main\n"
             "try:\n    require_stack('det')\nexcept StackError as e:\n    print(e)\n"
             "print('RC', main(['--json', '--quick']))\n")
     res = subprocess.run([sys.executable, '-c', code], env=_env(), capture_output=True, text=True, timeout=300)

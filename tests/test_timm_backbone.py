@@ -91,7 +91,7 @@ def test_bad_arguments_fail_clearly():
         TimmBackbone('randformer_s12')
     with pytest.raises(ValueError, match="unknown timm model 'caformer_s19'.*caformer_s18"):
         TimmBackbone('caformer_s19')
-    with pytest.raises(ValueError, match='out_indices .* taps 0..3'):
+    with pytest.raises(ValueError, match='out_indices .* out of range: poolformer_s12 has outputs 0..3'):
         TimmBackbone('poolformer_s12', out_indices=(4,))
     with pytest.raises(ValueError, match='out_norm'):
         TimmBackbone('poolformer_s12', out_norm='bn')

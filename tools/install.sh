@@ -111,11 +111,12 @@ else
 fi
 
 # CPU torch + the registry's CUDA-only torchvision: teach the interpreter to import it
-# (a start-up hook that costs nothing until torchvision is imported; see iformer_mm_tvfix.py).
+# (a start-up hook that costs nothing until torchvision is imported; see iformer_mm_torchvision_shim.py).
 site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 if ! IFORMER_NO_TVFIX=1 "$PY" -c "import torchvision" >/dev/null 2>&1; then
   # Guarded: if the package is uninstalled later, start-up stays silent.
-  echo "import importlib.util as _u; _u.find_spec('iformer_mm_tvfix') and __import__('iformer_mm_tvfix').install_import_hook()" > "$site/iformer_mm_tvfix.pth"
-  echo "[install] torchvision's C++ ops cannot load on this torch: installed $site/iformer_mm_tvfix.pth"
+  rm -f "$site/iformer_mm_tvfix.pth"  # the hook's earlier name
+  echo "import importlib.util as _u; _u.find_spec('iformer_mm_torchvision_shim') and __import__('iformer_mm_torchvision_shim').install_import_hook()" > "$site/iformer_mm_torchvision_shim.pth"
+  echo "[install] torchvision's C++ ops cannot load on this torch: installed $site/iformer_mm_torchvision_shim.pth"
 fi
 "$PY" -W ignore -c "import timm, torchvision, iformer_mm, mmcv.ops; print('[install] ok: iformer_mm', iformer_mm.__version__, '| timm', timm.__version__)"

@@ -24,12 +24,12 @@ import warnings
 # setuptools' own notice, raised when mmengine imports pkg_resources: harmless here.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
+import iformer_mm  # noqa: E402,F401  (registers the iformer_mm backbones before mm imports)
 
 from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.engine import (init_distributed, prepare_runtime_cfg, teardown_distributed,  # noqa: E402
                                run_trusted)
-from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
+from iformer_mm.engine.config_check import build_runner, preflight_or_exit  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -21,13 +21,12 @@ import warnings
 # setuptools' own notice, raised when mmengine imports pkg_resources: harmless here.
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-import iformer_mm  # noqa: E402,F401  (torchvision fix + registers iformer_mm.IFormer before mm imports)
-from iformer_mm.pretrained import CheckpointError  # noqa: E402
+import iformer_mm  # noqa: E402,F401  (registers the iformer_mm backbones before mm imports)
 from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.engine import (check_pretrained_files, init_distributed, prepare_runtime_cfg,  # noqa: E402
                                teardown_distributed, run_trusted)
 from iformer_mm.engine.resilience import add_resilience_hooks  # noqa: E402
-from iformer_mm.preflight import build_runner, preflight_or_exit  # noqa: E402
+from iformer_mm.engine.config_check import build_runner, preflight_or_exit  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,12 +98,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = build_cfg(args)
     prepare_runtime_cfg(cfg, args.launcher)
-    try:
-        check_pretrained_files(cfg)
-    except CheckpointError as e:
-        raise SystemExit(f'error: {e}') from None
-    # Broken installs and configs fail here, in a second, with the fix (iformer_mm/env.py,
-    # iformer_mm/preflight.py); checkpoints are written atomically and resume with the RNG
+    check_pretrained_files(cfg)  # a missing or unsafe file: one line, from main_entry
+    # Broken installs and configs fail here, in a second, with the fix (iformer_mm/engine/stack_check.py,
+    # iformer_mm/engine/config_check.py); checkpoints are written atomically and resume with the RNG
     # positions of the interrupted run (iformer_mm/engine/resilience.py).
     preflight_or_exit(cfg)
     add_resilience_hooks(cfg)

@@ -41,7 +41,7 @@ def _build(cfg_path: str, checkpoint: str, work_dir: str, max_batches: Optional[
 
     from iformer_mm.engine import prepare_runtime_cfg
     from iformer_mm.engine.trusted_runs import run_trusted
-    from iformer_mm.preflight import preflight_or_exit
+    from iformer_mm.engine.config_check import preflight_or_exit
     cfg = Config.fromfile(cfg_path)
     cfg.work_dir = work_dir
     cfg.load_from = None

@@ -202,11 +202,11 @@ def cam_mass_inside(cam: np.ndarray, mask: np.ndarray) -> float:
 def plot_side_by_side(rgb: np.ndarray, results: Sequence[CamResult], path: str,
                       names: Optional[Sequence[str]] = None) -> str:
     """Fig. 5: one row per image; the image, then each model's CAM over it."""
-    import matplotlib.pyplot as plt
+    from .figures import subplots
     from matplotlib.patches import Rectangle
     from pytorch_grad_cam.utils.image import show_cam_on_image
     n, cols = rgb.shape[0], 1 + len(results)
-    fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.4 * n + 0.3), squeeze=False,
+    fig, axes = subplots(n, cols, figsize=(2.4 * cols, 2.4 * n + 0.3), squeeze=False,
                              constrained_layout=True)
     for i in range(n):
         axes[i][0].imshow(rgb[i])
@@ -225,7 +225,6 @@ def plot_side_by_side(rgb: np.ndarray, results: Sequence[CamResult], path: str,
     for j, res in enumerate(results, start=1):
         axes[0][j].set_title(f'{res.label}\n{res.method} @ {res.layer}', fontsize=8)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     # Photos make large true-colour PNGs; a 256-colour adaptive palette is ~3x smaller and
     # looks the same at this size.
     from PIL import Image

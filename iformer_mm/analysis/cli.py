@@ -1,8 +1,9 @@
-"""Arguments and error handling shared by ``tools/analysis/frequency.py`` and ``cam.py``."""
+"""Arguments shared by ``tools/analysis/frequency.py`` and ``cam.py`` (their errors end as one
+line through :func:`iformer_mm.cli.main_entry`)."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .features import AnalysisError, LoadedModel, load_images, load_model
 
@@ -68,13 +69,3 @@ def load_inputs(args: argparse.Namespace):
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     return load_images(args.images, size, args.max_images)
 
-
-def run(main: Callable[[], int]) -> int:
-    """Run a tool's main: bad input ends with one ``error: ...`` line, not a traceback."""
-    import matplotlib
-    matplotlib.use('Agg')  # headless: never open a window
-    from ..pretrained import CheckpointError
-    try:
-        return main()
-    except (AnalysisError, CheckpointError) as e:
-        raise SystemExit(f'error: {e}') from None

@@ -8,8 +8,6 @@ class tokens dropped).
 """
 from __future__ import annotations
 
-import copy
-import logging
 import math
 import os
 import re
@@ -68,62 +66,14 @@ class LoadedModel:
 
 
 # ----------------------------------------------------------------------------- models
-def _strip_pretrained(node: Any) -> None:
-    """Drop ``init_cfg=dict(type='Pretrained', ...)`` everywhere: they name files or URLs that
-    are not there offline; the analysis loads its weights from ``--checkpoint`` instead."""
-    if isinstance(node, dict):
-        init = node.get('init_cfg')
-        items = init if isinstance(init, (list, tuple)) else [init]
-        if any(isinstance(i, dict) and i.get('type') == 'Pretrained' for i in items):
-            node['init_cfg'] = None
-        for v in node.values():
-            _strip_pretrained(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            _strip_pretrained(v)
-
-
 def _build_from_config(spec: str) -> Tuple[nn.Module, str, Optional[List[str]]]:
-    """``(model, scope, class names of the config's training set or None)``."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    if '::' in spec:
-        from mmengine.hub import get_config
-        try:
-            cfg = get_config(spec)
-        except (FileNotFoundError, ValueError, ImportError) as e:
-            raise AnalysisError(f'cannot find the package config {spec!r} ({e}); check the '
-                                'name, e.g. mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py') from None
-    else:
-        if not os.path.isfile(spec):
-            raise AnalysisError(f'config file not found: {spec!r} (give a path to a .py config, '
-                                'an mmdet::/mmseg:: config name, or a timm model name)')
-        cfg = Config.fromfile(spec)
-    if 'model' not in cfg:
-        raise AnalysisError(f'{spec} has no model = dict(...) section')
-    model_cfg = copy.deepcopy(cfg.model)  # a ConfigDict: mmdet reads its fields as attributes
-    scope = cfg.get('default_scope') or ('mmseg' if 'decode_head' in model_cfg else 'mmdet')
-    if scope not in ('mmdet', 'mmseg'):
-        raise AnalysisError(f'{spec}: default_scope {scope!r} is not supported (mmdet or mmseg)')
-    _strip_pretrained(model_cfg)
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
+    """``(model, scope, class names of the config's training set or None)``; the modules' own
+    initialisation, pretrained inits dropped (:func:`iformer_mm.build.build_from_config`)."""
+    from ..build import TASK_SCOPES, build_from_config, load_config
+    cfg = load_config(spec)
     classes = (cfg.get('train_dataloader') or {}).get('dataset', {}).get('metainfo', {}).get('classes')
-    model = MODELS.build(model_cfg)
-    # The modules' own initialisation (pretrained inits were dropped); mmengine logs one
-    # INFO paragraph per parameter while doing it, so only warnings are let through.
-    from mmengine.logging import MMLogger
-    mm_logger = MMLogger.get_current_instance()
-    level = mm_logger.level
-    mm_logger.setLevel(logging.WARNING)
-    try:
-        model.init_weights()
-    finally:
-        mm_logger.setLevel(level)
-    return model, scope, [str(c) for c in classes] if classes else None
+    model, task = build_from_config(cfg, init_weights=True)
+    return model, TASK_SCOPES[task], [str(c) for c in classes] if classes else None
 
 
 def _build_timm(name: str, num_classes: Optional[int]) -> nn.Module:
@@ -214,7 +164,8 @@ def load_model(spec: Union[str, nn.Module], checkpoint: Optional[str] = None,
         num_classes: classes of a timm classifier (to match a fine-tuned checkpoint).
 
     Raises:
-        AnalysisError: an unknown spec or missing config file.
+        AnalysisError: an unknown spec.
+        ConfigError: a missing config file (:mod:`iformer_mm.build`).
         CheckpointError: a checkpoint that is missing, unsafe or does not fit.
     """
     if checkpoint is not None and not os.path.isfile(checkpoint):

@@ -212,60 +212,6 @@ class BackboneOnly(nn.Module):
         return tuple(out)
 
 
-def _strip_pretrained(cfg: Any) -> None:
-    """Nothing can be downloaded or may be required to exist: drop every pretrained init."""
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key in list(node.keys()):
-                val = node[key]
-                if key == 'init_cfg' and isinstance(val, dict) and val.get('type') == 'Pretrained':
-                    node[key] = None
-                elif key == 'pretrained' and isinstance(val, str):
-                    node[key] = None
-                else:
-                    walk(val)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-    walk(cfg)
-
-
-def build_from_config(path: str, cfg_options: Optional[Dict[str, Any]] = None,
-                      sync_bn_to_bn: bool = True) -> Tuple[nn.Module, str]:
-    """Build a detector or segmentor from an mm config (no weights loaded).
-
-    Returns:
-        (model in eval mode, ``'det'`` or ``'seg'``).
-    """
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'config {path!r} not found; pass an mmdet/mmseg config file '
-                                'or a timm model name such as iformer_small')
-    cfg = Config.fromfile(path)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    _strip_pretrained(cfg.model)
-    scope = cfg.get('default_scope', None)
-    model_type = str(cfg.model.get('type', ''))
-    if scope is None:
-        scope = 'mmseg' if 'EncoderDecoder' in model_type else 'mmdet'
-    init_default_scope(scope)
-    if scope == 'mmseg':
-        import mmseg.models  # noqa: F401  (registers)
-        from mmseg.registry import MODELS
-    else:
-        import mmdet.models  # noqa: F401
-        from mmdet.registry import MODELS
-    import iformer_mm  # noqa: F401
-    model = MODELS.build(cfg.model)
-    if sync_bn_to_bn:
-        from mmengine.model import revert_sync_batchnorm
-        model = revert_sync_batchnorm(model)
-    model.eval()
-    return model, ('seg' if scope == 'mmseg' else 'det')
-
-
 def build_classifier(name: str) -> nn.Module:
     import iformer_mm  # noqa: F401  (registers the timm models)
     import timm
@@ -277,15 +223,16 @@ def analyse(target: str, shape: Optional[Sequence[int]] = None, backbone_only: b
     """Count parameters and both FLOPs figures for a config path or timm model name.
 
     Args:
-        target: mm config file, or a timm model name (``iformer_small`` ...).
+        target: mm config file or ``mmdet::``/``mmseg::`` name, or a timm model name (``iformer_small`` ...).
         shape: ``(H, W)``; default 1280x800 for detectors, 2048x512 for segmentors, the
             model's own size for classifiers.
         backbone_only: count the backbone alone.
         sync_bn_to_bn: convert SyncBN to BN before counting. mmcv 1.x did not count
             SyncBN layers (exact-type matching), so the default keeps them, as the paper.
     """
-    if target.endswith('.py') or os.path.sep in target:
-        model, kind = build_from_config(target, sync_bn_to_bn=sync_bn_to_bn)
+    if target.endswith('.py') or os.path.sep in target or '::' in target:
+        from ..build import build_from_config
+        model, kind = build_from_config(target, revert_sync_bn=sync_bn_to_bn)
         default = (1280, 800) if kind == 'det' else (2048, 512)
     else:
         model, kind = build_classifier(target), 'cls'
@@ -302,14 +249,25 @@ def analyse(target: str, shape: Optional[Sequence[int]] = None, backbone_only: b
         wrapped, params = SegDummy(model), params_all
     else:
         wrapped, params = model, params_all
+    counts = _count(wrapped, (H, W))
+    return dict(target=target, kind=kind, backbone_only=backbone_only, shape=[H, W],
+                params=params, **counts)
+
+
+def _count(wrapped: nn.Module, shape: Sequence[int]) -> Dict[str, Any]:
+    """Both counts of one ``1 x 3 x H x W`` forward of ``wrapped``."""
     wrapped.eval()  # (some mm backbones' train() returns None: never chain it)
-    img = torch.randn(1, 3, H, W)
+    img = torch.randn(1, 3, *shape)
     paper = count_paper(wrapped, lambda: wrapped(img))
     full, by_op = count_full(wrapped, (img,))
-    attn = by_op.get('scaled_dot_product_attention', 0)
-    return dict(target=target, kind=kind, backbone_only=backbone_only, shape=[H, W],
-                params=params, paper_flops=paper, full_flops=full, attention_flops=attn,
+    return dict(paper_flops=paper, full_flops=full, attention_flops=by_op.get('scaled_dot_product_attention', 0),
                 full_by_operator=by_op)
+
+
+def count_backbone(backbone: nn.Module, shape: Sequence[int]) -> Dict[str, Any]:
+    """Parameters and both counts of a backbone alone on one ``1 x 3 x H x W`` image
+    (what ``analyse(..., backbone_only=True)`` reports for a config's backbone)."""
+    return dict(params=count_params(backbone), **_count(BackboneOnly(backbone), shape))
 
 
 def _fmt(n: float, unit: float, suffix: str) -> str:

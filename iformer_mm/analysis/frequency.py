@@ -209,22 +209,21 @@ def _depth_bar(fig: Any, axes: Any, n: int) -> None:
 
 def plot_relative_log_amplitude(results: Sequence[FrequencyResult], path: str) -> str:
     """Fig. 1b: relative log amplitude vs frequency, one panel per model, curves coloured by depth."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results) + 0.9, 3.4),
+    from .figures import subplots
+    fig, axes = subplots(1, len(results), figsize=(3.6 * len(results) + 0.9, 3.4),
                              sharey=True, squeeze=False, constrained_layout=True)
     for ax, res in zip(axes[0], results):
         _curves(ax, list(res.blocks.values()), res.label)
     axes[0][0].set_ylabel('Δ log amplitude')
     _depth_bar(fig, axes[0].tolist(), max(len(r.blocks) for r in results))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_high_frequency_vs_depth(results: Sequence[FrequencyResult], path: str) -> str:
     """Park & Kim's Fig. 2b: the high-frequency relative log amplitude of every layer vs depth."""
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.2, 3.2), constrained_layout=True)
+    from .figures import subplots
+    fig, ax = subplots(figsize=(5.2, 3.2), constrained_layout=True)
     for res, marker in zip(results, 'os^D'):
         highs = [b['high'] for b in res.blocks.values()]
         depth = np.linspace(0, 1, len(highs)) if len(highs) > 1 else np.zeros(1)
@@ -234,7 +233,6 @@ def plot_high_frequency_vs_depth(results: Sequence[FrequencyResult], path: str) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -247,8 +245,8 @@ def _pick(names: Sequence[str], k: int) -> List[str]:
 
 def plot_spectra_2d(results: Sequence[FrequencyResult], path: str, per_model: int = 5) -> str:
     """Fig. 1a: 2-D relative log spectra (frequency 0 at the centre) of a few blocks per model."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(results), per_model, figsize=(1.9 * per_model + 0.8, 2.0 * len(results)),
+    from .figures import subplots
+    fig, axes = subplots(len(results), per_model, figsize=(1.9 * per_model + 0.8, 2.0 * len(results)),
                              squeeze=False, constrained_layout=True)
     image = None
     for row, res in zip(axes, results):
@@ -265,16 +263,15 @@ def plot_spectra_2d(results: Sequence[FrequencyResult], path: str, per_model: in
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, label='Δ log amplitude')
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_branches(result: FrequencyResult, path: str) -> str:
     """Fig. 4: relative log amplitude of each Inception-mixer branch (curves coloured by depth),
     and the high-frequency level of the three branches block by block."""
-    import matplotlib.pyplot as plt
+    from .figures import subplots
     mixers = list(result.branches)
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.3), constrained_layout=True,
+    fig, axes = subplots(1, 4, figsize=(15, 3.3), constrained_layout=True,
                              gridspec_kw=dict(width_ratios=[1, 1, 1, 1.4]))
     for ax, branch in zip(axes[:3], BRANCHES):
         _curves(ax, [result.branches[m][branch] for m in mixers], BRANCH_TITLES[branch])
@@ -294,7 +291,6 @@ def plot_branches(result: FrequencyResult, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 

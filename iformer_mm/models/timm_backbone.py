@@ -8,26 +8,24 @@ decay, and loading through the package's one safe loader (never a download unles
 
 Subclasses (another model family) override the ``build_timm_model`` / ``stem_modules`` /
 ``stage_modules`` / ``stage_depths`` / ``build_out_norm`` / ``load_weights`` hooks; forward,
-freezing, ``norm_eval`` and layer depth follow from them.
+and from :class:`~iformer_mm.models.dense.DenseBackbone` freezing, ``norm_eval``, loading and
+layer depth, follow from them.
 """
 from __future__ import annotations
 
-import copy
 import re
 import sys
-import warnings
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
 from mmengine.logging import MMLogger
-from mmengine.model import BaseModule
 from timm.layers import LayerNorm2d
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..pretrained import CheckpointError, LoadReport, load_timm_weights
 from ..registry import MODELS
+from .dense import DenseBackbone, resolve_pretrained
 from .metaformer import REFUSED_DENSE
 
 __all__ = ['TimmBackbone']
@@ -40,7 +38,7 @@ OUT_NORMS = {
 
 
 @MODELS.register_module()
-class TimmBackbone(BaseModule):
+class TimmBackbone(DenseBackbone):
     """A timm model as a dense backbone: a tuple of NCHW maps, one per ``out_indices``.
 
     The timm model's modules become this module's children under their timm names (``stem``,
@@ -61,7 +59,8 @@ class TimmBackbone(BaseModule):
         with_cp: gradient checkpointing of the stages (timm's ``set_grad_checkpointing``).
         in_channels: input channels.
         pretrained: ``True`` fetches timm's hub weights (the only path that downloads); a path
-            is the deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=path)``.
+            is the deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=path)``
+            (not both: :func:`iformer_mm.models.dense.resolve_pretrained`).
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` with a timm-hub file, the authors'
             release or an mmdet/mmseg checkpoint; optional ``strict`` (default True) and
             ``use_ema`` (default True).
@@ -82,15 +81,10 @@ class TimmBackbone(BaseModule):
             init_cfg: Optional[Union[dict, List[dict]]] = None,
             **model_kwargs: Any,
     ) -> None:
-        if isinstance(pretrained, str):
-            warnings.warn('TimmBackbone(pretrained=PATH) is deprecated: use '
-                          "init_cfg=dict(type='Pretrained', checkpoint=PATH)", DeprecationWarning)
-            if init_cfg is not None:
-                raise ValueError('give either pretrained=PATH or init_cfg, not both')
-            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
-        elif pretrained not in (None, False, True):
+        if pretrained not in (None, False, True) and not isinstance(pretrained, str):
             raise TypeError(f'pretrained must be None, a bool or a path, got {pretrained!r}')
-        super().__init__(init_cfg=copy.deepcopy(init_cfg))
+        super().__init__(init_cfg=resolve_pretrained(
+            'TimmBackbone', None if isinstance(pretrained, bool) else pretrained, init_cfg))
         self.model_name = model_name
         self.pretrained = pretrained is True
 
@@ -103,18 +97,7 @@ class TimmBackbone(BaseModule):
         # Keys and shapes of the complete model: the loader reports the pruned ones as dropped.
         self.full_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         self.all_feature_info = [dict(f) for f in model.feature_info]
-        num_taps = len(self.all_feature_info)
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        out_indices = tuple(out_indices)
-        if not out_indices or any(not isinstance(i, int) or not -num_taps <= i < num_taps for i in out_indices):
-            raise ValueError(f'out_indices {out_indices} out of range: {model_name} has feature '
-                             f'taps 0..{num_taps - 1}')
-        self.out_indices = tuple(sorted({i % num_taps for i in out_indices}))
-        if not -1 <= frozen_stages <= num_taps:
-            raise ValueError(f'frozen_stages must be in -1..{num_taps}, got {frozen_stages}')
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        self.setup_dense(out_indices, len(self.all_feature_info), frozen_stages, norm_eval, with_cp, model_name)
 
         # Nothing after the last tap, no classifier: unused parameters would break DDP.
         model.prune_intermediate_layers(list(self.out_indices), prune_norm=True, prune_head=True)
@@ -129,10 +112,8 @@ class TimmBackbone(BaseModule):
             raise ValueError(f'out_norm must be None or one of {sorted(OUT_NORMS)}, got {out_norm!r}')
         self.out_norm = out_norm
         if out_norm is not None:
-            for i, ch in zip(self.out_indices, self.out_channels):
-                if hasattr(self, f'norm{i}'):
-                    raise ValueError(f'{model_name} already has a module norm{i}; cannot add output norms')
-                self.add_module(f'norm{i}', self.build_out_norm(i, ch))
+            channels = dict(zip(self.out_indices, self.out_channels))
+            self.add_out_norms(lambda i: self.build_out_norm(i, channels[i]))
         self._freeze_stages()
 
     # ------------------------------------------------------------------ overridable hooks
@@ -219,21 +200,14 @@ class TimmBackbone(BaseModule):
 
     # ------------------------------------------------------------------ init
     def init_weights(self) -> None:
-        """Load ``init_cfg=dict(type='Pretrained', ...)`` or, with ``pretrained=True``, timm's hub
-        weights; other ``init_cfg`` types go through mmengine."""
-        cfg = self.init_cfg
+        """With ``pretrained=True``, timm's hub weights; else :class:`DenseBackbone`'s
+        (``init_cfg=dict(type='Pretrained', ...)`` or mmengine's initialisers)."""
         if self.pretrained:
             self._pretrained_report = self.load_weights(self._hub_state_dict())
             self._is_init = True
-        elif isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH")
-            self._pretrained_report = self.load_weights(
-                cfg['checkpoint'], strict=cfg.get('strict', True), use_ema=cfg.get('use_ema', True))
-            self._is_init = True
-        elif cfg:
+            self._freeze_stages()
+        else:
             super().init_weights()
-        self._freeze_stages()
 
     def _hub_state_dict(self) -> Dict[str, torch.Tensor]:
         """timm's hub weights for ``model_name`` (the only download; asked for by pretrained=True)."""
@@ -257,53 +231,29 @@ class TimmBackbone(BaseModule):
             feats = [getattr(self, f'norm{i}')(f) for i, f in zip(self.out_indices, feats)]
         return tuple(feats)
 
-    # ------------------------------------------------------------------ training modes
-    def _frozen_modules(self) -> List[nn.Module]:
-        mods = list(self.stem_modules()) if self.frozen_stages >= 0 else []
-        for i in range(min(self.frozen_stages, max(self.out_indices) + 1)):
-            mods += self.stage_modules(i)
-            if hasattr(self, f'norm{i}'):
-                mods.append(getattr(self, f'norm{i}'))
-        return mods
+    # ------------------------------------------------------------------ DenseBackbone hooks
+    def stage_parts(self, i: int) -> Tuple[List[nn.Module], List[nn.Parameter]]:
+        return (list(self.stem_modules()) if i < 0 else self.stage_modules(i)), []
 
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'TimmBackbone':
-        super().train(mode)
-        self._timm_model.training = mode  # the root is not one of our children
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    # ------------------------------------------------------------------ optimizer helpers
-    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
-        """Layer id for layer-wise lr decay (mmpretrain's ``LearningRateDecayOptimWrapperConstructor``).
-
-        Stem -> 0; block j of stage i -> its global block index + 1 (a stage's downsampling
-        layer shares the id of its first block); output norms and anything else -> the last id.
-        """
-        depths = self.stage_depths()
-        num_layers = sum(depths) + 2
-        if not param_name.startswith(prefix):
-            return num_layers - 1, num_layers
-        name = param_name[len(prefix):]
+    def layer_id(self, name: str) -> Optional[int]:
+        """Stem 0; block j of stage i its global block index + 1 (a stage's downsampling layer
+        shares the id of its first block)."""
         stem = {n for n, c in self.named_children() if any(c is m for m in self.stem_modules())}
         if name.split('.')[0] in stem:
-            return 0, num_layers
+            return 0
+        depths = self.stage_depths()
         for i in range(len(depths)):
             path = self.stage_path(i)
             if name.startswith(path + '.'):
                 m = re.match(rf'^{re.escape(path)}\.blocks\.(\d+)\.', name)
-                return sum(depths[:i]) + (int(m.group(1)) if m else 0) + 1, num_layers
-        return num_layers - 1, num_layers
+                return sum(depths[:i]) + (int(m.group(1)) if m else 0) + 1
+        return None
 
+    def train(self, mode: bool = True) -> 'TimmBackbone':
+        self._timm_model.training = mode  # the root is not one of our children
+        return super().train(mode)
+
+    # ------------------------------------------------------------------ optimizer helpers
     def no_weight_decay(self) -> Set[str]:
         """Parameters that take no weight decay: every 1-D tensor (norm weights/biases, biases,
         layer/res scales, StarReLU's scale and bias) plus what the timm model itself lists.

@@ -5,10 +5,8 @@
 
 See :mod:`iformer_mm.analysis.amp_eval`.
 """
-import sys
-
 from iformer_mm.analysis.amp_eval import main
-from iformer_mm.cli import run_cli
+from iformer_mm.cli import main_entry
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    main_entry(main)

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
-
 from iformer_mm.analysis import cli
+from iformer_mm.cli import main_entry
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -36,29 +35,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-
-    def body() -> int:
-        from iformer_mm.analysis.cam import compute_cam, plot_side_by_side
-        images, rgb, files = cli.load_inputs(args)  # bad paths fail before any model is built
-        layers = cli.per_model(args.layer, len(args.models), '--layer')
-        models = cli.load_models(args)
-        results = [compute_cam(m, images, layer=lay, method=args.method, target_class=args.target_class,
-                               layout=args.layout, progress=not args.no_progress)
-                   for m, lay in zip(models, layers)]
-        os.makedirs(args.out, exist_ok=True)
-        png = plot_side_by_side(rgb, results, os.path.join(args.out, 'cam.png'), files)
-        with open(os.path.join(args.out, 'cam.json'), 'w') as f:
-            json.dump(dict(images=files, size=list(images.shape[-2:]), models=[
-                dict(label=r.label, layer=r.layer, method=r.method, checkpoint=m.checkpoint,
-                     targets=r.targets, boxes=r.boxes) for r, m in zip(results, models)]), f, indent=1)
-        for r in results:
-            print(f'{r.label}: {r.method} at {r.layer}; ' + '; '.join(r.targets))
-        print(f'wrote {png}')
-        print(f'wrote {os.path.join(args.out, "cam.json")}')
-        return 0
-
-    return cli.run(body)
+    from iformer_mm.analysis.cam import compute_cam, plot_side_by_side
+    images, rgb, files = cli.load_inputs(args)  # bad paths fail before any model is built
+    layers = cli.per_model(args.layer, len(args.models), '--layer')
+    models = cli.load_models(args)
+    results = [compute_cam(m, images, layer=lay, method=args.method, target_class=args.target_class,
+                           layout=args.layout, progress=not args.no_progress)
+               for m, lay in zip(models, layers)]
+    os.makedirs(args.out, exist_ok=True)
+    png = plot_side_by_side(rgb, results, os.path.join(args.out, 'cam.png'), files)
+    with open(os.path.join(args.out, 'cam.json'), 'w') as f:
+        json.dump(dict(images=files, size=list(images.shape[-2:]), models=[
+            dict(label=r.label, layer=r.layer, method=r.method, checkpoint=m.checkpoint,
+                 targets=r.targets, boxes=r.boxes) for r, m in zip(results, models)]), f, indent=1)
+    for r in results:
+        print(f'{r.label}: {r.method} at {r.layer}; ' + '; '.join(r.targets))
+    print(f'wrote {png}')
+    print(f'wrote {os.path.join(args.out, "cam.json")}')
+    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main_entry(main)

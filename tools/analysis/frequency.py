@@ -13,11 +13,10 @@ Method and how to read the figures: docs/analysis.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
-
 from iformer_mm.analysis import cli
+from iformer_mm.cli import main_entry
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -32,26 +31,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-
-    def body() -> int:
-        from iformer_mm.analysis.frequency import analyse, write_outputs
-        images, _, files = cli.load_inputs(args)  # bad paths fail before any model is built
-        models = cli.load_models(args)
-        print(f'{len(files)} images at {tuple(images.shape[-2:])}')
-        results = [analyse(m, images, layers=args.layers, branches=not args.no_branches,
-                           batch_size=args.batch_size, layout=args.layout, progress=not args.no_progress)
-                   for m in models]
-        for res in results:
-            some = list(res.blocks.items())[::max(1, len(res.blocks) // 6)]
-            highs = ', '.join(f'{n} {b["high"]:.2f}' for n, b in some)
-            print(f'{res.label}: {len(res.blocks)} layers, {len(res.branches)} mixers with branches; '
-                  f'high-frequency Δ log amplitude: {highs}')
-        for what, path in write_outputs(results, args.out).items():
-            print(f'wrote {path}')
-        return 0
-
-    return cli.run(body)
+    from iformer_mm.analysis.frequency import analyse, write_outputs
+    images, _, files = cli.load_inputs(args)  # bad paths fail before any model is built
+    models = cli.load_models(args)
+    print(f'{len(files)} images at {tuple(images.shape[-2:])}')
+    results = [analyse(m, images, layers=args.layers, branches=not args.no_branches,
+                       batch_size=args.batch_size, layout=args.layout, progress=not args.no_progress)
+               for m in models]
+    for res in results:
+        some = list(res.blocks.items())[::max(1, len(res.blocks) // 6)]
+        highs = ', '.join(f'{n} {b["high"]:.2f}' for n, b in some)
+        print(f'{res.label}: {len(res.blocks)} layers, {len(res.branches)} mixers with branches; '
+              f'high-frequency Δ log amplitude: {highs}')
+    for what, path in write_outputs(results, args.out).items():
+        print(f'wrote {path}')
+    return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main_entry(main)

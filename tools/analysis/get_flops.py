@@ -6,9 +6,8 @@
 
 See :mod:`iformer_mm.analysis.flops` for the counting rules.
 """
-import sys
-
 from iformer_mm.analysis.flops import main
+from iformer_mm.cli import main_entry
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main_entry(main)

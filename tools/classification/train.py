@@ -38,7 +38,7 @@ import torch
 import yaml
 from torch import nn
 
-from iformer_mm import classification as C
+from iformer_mm.classification import common as C
 from iformer_mm.cli import main_entry
 from iformer_mm.engine.device import teardown_distributed
 from iformer_mm.pretrained import load_checkpoint_file, load_state_dict_into

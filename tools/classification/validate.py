@@ -19,15 +19,14 @@ import argparse
 import json
 import logging
 import os
-import sys
 from contextlib import nullcontext
 from functools import partial
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from iformer_mm import classification as C
-from iformer_mm.cli import run_cli
+from iformer_mm.classification import common as C
+from iformer_mm.cli import main_entry
 from iformer_mm.pretrained import load_pretrained
 
 _logger = logging.getLogger('validate')
@@ -122,4 +121,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    main_entry(main)

@@ -7,7 +7,8 @@ Writes ``images/{training,validation}/*.jpg`` and ``annotations/{training,valida
 ``train_dataloader.dataset.type=ADEFromCOCODataset`` (see configs/segmentation/README.md).
 Same as ``python -m iformer_mm.datagen.ade_from_coco``.
 """
+from iformer_mm.cli import main_entry
 from iformer_mm.datagen.ade_from_coco import main
 
 if __name__ == '__main__':
-    main()
+    main_entry(main)

@@ -1,10 +1,9 @@
-"""Print the versions of the OpenMMLab/timm stack and a verdict with fixes (same as ``python -m iformer_mm.env``).
+"""Print the versions of the OpenMMLab/timm stack and a verdict with fixes (same as ``python -m iformer_mm.engine.stack_check``).
 
 Usage: ``python tools/misc/check_env.py [--quick] [--json]``; exit status 1 when something is broken.
 """
-import sys
-
-from iformer_mm.env import main
+from iformer_mm.cli import main_entry
+from iformer_mm.engine.stack_check import main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main_entry(main)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import warnings
 from typing import Any, Dict, Optional, Sequence
 
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
-from iformer_mm.cli import run_cli  # noqa: E402
+from iformer_mm.cli import main_entry  # noqa: E402
 from iformer_mm.convert import from_mm, read_checkpoint, save_plain  # noqa: E402
 
 
@@ -47,4 +46,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    main_entry(main)

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from iformer_mm.cli import main_entry
 from iformer_mm.convert import read_checkpoint, save_plain
 from iformer_mm.pretrained import CheckpointError, extract_state_dict, mobile_iformer_safe_globals
 
@@ -77,7 +78,4 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except CheckpointError as e:
-        raise SystemExit(f'error: {e}')
+    main_entry(main)

@@ -1,6 +1,6 @@
 """Is this Python environment able to run iformer_mm? Versions, a verdict, and the fix.
 
-Run ``python -m iformer_mm.env`` (or ``python tools/misc/check_env.py``). It prints the
+Run ``python -m iformer_mm.engine.stack_check`` (or ``python tools/misc/check_env.py``). It prints the
 versions of torch, torchvision, timm, mmengine, mmcv (and whether its C++ ops load and run),
 mmdet and mmseg, then one line per problem with the command that fixes it, and exits with 1
 when something required is broken (0 otherwise), so CI and install scripts can gate on it.
@@ -331,7 +331,7 @@ def require_stack(task: str = 'det', heavy: bool = False) -> None:
     if bad:
         raise StackError(f'the installed packages cannot run {task!r}:\n' + '\n'.join(
             f'  - {f.component}: {f.message}\n    fix: {f.fix}' for f in bad)
-            + '\n  (python -m iformer_mm.env prints the full report)')
+            + '\n  (python -m iformer_mm.engine.stack_check prints the full report)')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

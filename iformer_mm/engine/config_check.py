@@ -21,6 +21,8 @@ import os
 import os.path as osp
 from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
+from ..build import ConfigError
+
 __all__ = ['ConfigError', 'CUSTOM_IMPORTS_FIX', 'check_config', 'check_backbone_types',
            'check_dataset_paths', 'check_num_classes', 'explain_build_error', 'preflight_or_exit',
            'build_runner']
@@ -29,10 +31,6 @@ CUSTOM_IMPORTS_FIX = "custom_imports=dict(imports=['iformer_mm'], allow_failed_i
 # Full JSON parse up to this size; above it only the first/last bytes are checked (COCO's
 # train annotations are 450 MB and are parsed once by the dataset anyway).
 _FULL_PARSE_BYTES = 64 * 2 ** 20
-
-
-class ConfigError(ValueError):
-    """A config that cannot work; the message names the key and the fix."""
 
 
 def _walk(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
@@ -240,7 +238,7 @@ def preflight_or_exit(cfg: Any, splits: Optional[Tuple[str, ...]] = None) -> Non
     """What ``tools/train.py`` and ``tools/test.py`` check before building anything: the
     installed stack for the config's toolbox, then :func:`check_config`. A problem ends the
     process with one ``error: ...`` message naming the fix (no traceback)."""
-    from .env import StackError, require_stack
+    from .stack_check import StackError, require_stack
     try:
         require_stack({'mmdet': 'det', 'mmseg': 'seg'}.get(cfg.get('default_scope'), 'mm'))
         check_config(cfg, splits=splits)

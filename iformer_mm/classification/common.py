@@ -1,7 +1,6 @@
-"""Classification helpers of ``tools/classification/{train,validate}.py`` (weights, data checks, metrics).
-
-In the package (not beside the scripts) so the tools and the tests import them normally.
-"""
+"""What ``tools/classification/train.py`` and ``validate.py`` share: logging, weights, data checks,
+top-k evaluation. In the package (not beside the scripts) so the tools and the tests import it
+normally."""
 from __future__ import annotations
 
 import logging
@@ -13,8 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .models import timm_models  # noqa: F401  (registers the timm models iformer_*)
-from .pretrained import (CheckpointError, extract_state_dict, load_checkpoint_file,
+from ..models import timm_models  # noqa: F401  (registers the timm models iformer_*)
+from ..pretrained import (CheckpointError, extract_state_dict, load_checkpoint_file,
                                    load_pretrained)
 
 _logger = logging.getLogger('train')
