@@ -413,11 +413,13 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- runtime
-def onnx_session(path: str, threads: Optional[int] = None) -> Any:
+def onnx_session(path: str, threads: Optional[int] = None, spin: bool = True) -> Any:
     """An ONNX Runtime CPU session with the default graph optimisations (all levels).
 
     Args:
         threads: intra-op threads (``None``: ONNX Runtime's default, one per core).
+        spin: let idle pool threads spin (ORT's default); off for measuring process CPU time,
+            which would otherwise count the spinning.
 
     Raises:
         ExportError: the file is not a model this ONNX Runtime can run (the reason in one line).
@@ -428,6 +430,8 @@ def onnx_session(path: str, threads: Optional[int] = None) -> Any:
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
     try:
         return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=['CPUExecutionProvider'])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
@@ -484,19 +488,33 @@ def use_onnxruntime(segmentor: nn.Module, session: Any) -> None:
 
 # ----------------------------------------------------------------------------- from a config
 def load_for_export(spec: str, checkpoint: Optional[str] = None) -> nn.Module:
-    """Build the model of a config file (mmdet/mmseg) or timm model name, with ``checkpoint``'s
-    weights loaded strictly by the package's loader (mmengine run checkpoints through the
-    trusted-runs allow-list); eval mode.
+    """Build the model of an mm config (:func:`iformer_mm.build.build_from_config`: weights
+    stripped, SyncBN as BN) or a timm model name, load ``checkpoint`` strictly with the package's
+    loader (:func:`iformer_mm.analysis.features.load_weights`: iFormer checkpoints through
+    :mod:`iformer_mm.pretrained`, mmengine run checkpoints through the trusted-runs allow-list);
+    eval mode.
 
     Raises:
         ExportError: an unknown config / model name.
         CheckpointError: the loader's error for a missing, unsafe or non-matching checkpoint.
     """
-    from ..analysis.features import AnalysisError, load_model
-    try:
-        return load_model(spec, checkpoint).model.eval()
-    except AnalysisError as e:
-        raise ExportError(str(e)) from None
+    from ..analysis.features import load_weights
+    from ..build import ConfigError, build_from_config
+    if spec.endswith('.py') or '::' in spec or os.sep in spec:
+        try:
+            model, _ = build_from_config(spec, revert_sync_bn=True, init_weights=True)
+        except ConfigError as e:
+            raise ExportError(str(e)) from None
+    else:
+        import timm
+        if not timm.is_model(spec):
+            close = timm.list_models(f'*{spec}*')[:8]
+            raise ExportError(f'{spec!r} is neither a config file nor a timm model name'
+                              + (f'; similar timm models: {", ".join(close)}' if close else ''))
+        model = timm.create_model(spec, pretrained=False)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model.eval()
 
 
 def export_from_config(spec: str, out: str, shape: Sequence[int], checkpoint: Optional[str] = None, *,
@@ -567,7 +585,7 @@ def evaluate_onnx(config: str, onnx_file: str, work_dir: Optional[str] = None,
     from mmengine.config import Config
 
     from ..engine import prepare_runtime_cfg
-    from ..preflight import build_runner, preflight_or_exit
+    from ..engine.config_check import build_runner, preflight_or_exit
     if not os.path.isfile(onnx_file):
         raise ExportError(f'ONNX file not found: {onnx_file!r} (write it with tools/deploy/export_onnx.py)')
     session = onnx_session(onnx_file, threads)
