@@ -156,3 +156,121 @@ def test_onnx_test_refuses_a_classifier_file(golden_dir, tmp_path):
     with pytest.raises(SystemExit) as e:
         _tool('onnx_test')([str(cfg), res.path])
     assert 'holds a classifier, not a segmentor' in _one_line_error(e.value)
+
+
+# ------------------------------------------------------------------ slow: full-size classifiers
+@pytest.mark.slow
+def test_iformer_small_classifier_matches_golden_at_two_sizes(golden_dir, tmp_path):
+    """iFormer-S (the spec's weights) exported once with --dynamic: both golden cases, 224x224
+    and 200x264, within 1e-4 of the golden logits."""
+    model = InceptionTransformer('small')
+    load_pretrained(model, make_state_dict(golden_dir, 'iformer_small'))
+    res = dep.export_onnx(model.eval(), str(tmp_path / 's.onnx'), (1, 3, 224, 224), dynamic=True)
+    session = dep.onnx_session(res.path, threads=1)
+    for case in [c for c in load_cases(golden_dir) if c['name'].startswith('small')]:
+        assert rel_err(dep.run_onnx(session, case_input(case))[0], case['logits']) <= TOL, case['name']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ['t', 'm'])
+def test_mobile_iformer_classifier_matches_golden(arch, tmp_path):
+    """timm's iformer_t / iformer_m with the spec's deterministic weights in the authors' layout,
+    exported through the tool's path (timm name + checkpoint): the golden logits within 1e-4."""
+    import json
+    from conftest import _shared
+    spec_dir = _shared('spec', 'mobile_iformer')
+    cases = {c['name']: c for c in torch.load(spec_dir / 'mobile_iformer_golden.pt', weights_only=True)}
+    case = cases['cls_iFormer_m_2x224x224' if arch == 'm' else 'cls_iFormer_t_224x224']
+    from assets.golden import weights
+    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())
+    import timm
+    from iformer_mm.pretrained import load_mobile_iformer
+    model = timm.create_model(f'iformer_{arch}')
+    load_mobile_iformer(model, weights.make_state_dict(shapes[f'iFormer_{arch}_cls']))
+    ckpt = tmp_path / 'w.pth'
+    torch.save(model.state_dict(), ckpt)
+    res = dep.export_from_config(f'iformer_{arch}', str(tmp_path / 'c.onnx'), (224, 224), str(ckpt), dynamic=True)
+    out = dep.run_onnx(dep.onnx_session(res.path, threads=1), case_input(case))[0]
+    assert rel_err(out, case['logits']) <= TOL
+
+
+@pytest.mark.slow
+def test_windowed_mobile_iformer_m_backbone_matches_golden(tmp_path):
+    """The dense M backbone (windowed stage 3) exported once with --dynamic equals the authors'
+    golden stages at 320x480 (stage 3 padded to 32x32, 4 windows) and 333x517 (odd sizes)."""
+    import json
+    from conftest import _shared
+    from assets.golden import weights
+    from _golden import stage_errors
+    from iformer_mm.models.mobile_iformer import MobileIFormer
+    from iformer_mm.pretrained import load_mobile_iformer
+    spec_dir = _shared('spec', 'mobile_iformer')
+    cases = {c['name']: c for c in torch.load(spec_dir / 'mobile_iformer_golden.pt', weights_only=True)}
+    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())
+    model = MobileIFormer('m')
+    load_mobile_iformer(model, weights.make_state_dict(shapes['iFormer_m_dense']))
+    res = dep.export_onnx(model.eval(), str(tmp_path / 'm.onnx'), (1, 3, 256, 256),
+                          output_names=[f'c{i}' for i in range(2, 6)], dynamic=True)
+    session = dep.onnx_session(res.path, threads=1)
+    for name in ('dense_iFormer_m_320x480', 'dense_iFormer_m_333x517'):
+        assert max(stage_errors(dep.run_onnx(session, case_input(cases[name])), cases[name])) <= TOL, name
+
+
+# ------------------------------------------------------------------ slow: detector features
+@pytest.mark.slow
+def test_detector_backbone_and_neck_export_and_agree(tmp_path):
+    """Mask R-CNN + iFormer-S: backbone + FPN (5 maps) exported with --dynamic by the tool,
+    equal to mmdet's extract_feat within 1e-4 at two sizes."""
+    cfg = str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py')
+    torch.manual_seed(0)
+    res = dep.export_from_config(cfg, str(tmp_path / 'det.onnx'), (128, 160), dynamic=True, keep_model=True)
+    assert res.kind == 'detector' and res.output_names == [f'feat{i}' for i in range(5)]
+    for shape in ((1, 3, 128, 160), (1, 3, 160, 96)):
+        errs = dep.check_against_pytorch(res, shape)
+        assert max(errs.values()) <= TOL, (shape, errs)
+
+
+# ------------------------------------------------------------------ slow: segmentors, end to end
+SEGMENTORS = ['fpn_iformer_s_ade20k_80k.py', 'fpn_mobile_iformer_m_ade20k_40k.py', 'upernet_iformer_s_ade20k_160k.py']
+
+
+@pytest.fixture(scope='module')
+def ade_dir(tiny_coco_dir, tmp_path_factory) -> Path:
+    from iformer_mm.datagen.ade_from_coco import build_ade_from_coco
+    out = tmp_path_factory.mktemp('ade_from_coco')
+    build_ade_from_coco(tiny_coco_dir, out, overwrite=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('base', SEGMENTORS)
+def test_exported_segmentor_matches_pytorch_and_scores_the_same(base, repo_root, ade_dir, tmp_path):
+    """Train one iteration, export with --dynamic (tool), then: logits within 1e-4 of mmseg's
+    encode_decode at two sizes (the mobile M at 320x480 too: 4 stage-3 windows); mIoU of
+    tools/deploy/onnx_test.py equal to tools/test.py's within 0.1."""
+    from test_segmentation_e2e import metrics, python_tool, write_tiny_config
+    cfg = write_tiny_config(tmp_path / base, repo_root, base, ade_dir, iters=1)
+    work = tmp_path / 'work'
+    res = python_tool(repo_root, 'train.py', str(cfg), '--work-dir', str(work))
+    assert res.returncode == 0, res.log[-3000:]
+    ckpt, onnx_file = work / 'iter_1.pth', tmp_path / 'seg.onnx'
+    res = python_tool(repo_root, 'deploy/export_onnx.py', str(cfg), str(ckpt), '--shape', '128', '160',
+                      '--dynamic', '--out', str(onnx_file))
+    assert res.returncode == 0 and 'segmentor' in res.stdout and 'dynamic' in res.stdout, res.log[-3000:]
+
+    seg = dep.load_for_export(str(cfg), str(ckpt))
+    session = dep.onnx_session(str(onnx_file), threads=1)
+    sizes = [(128, 171), (171, 128)] + ([(320, 480)] if 'mobile' in base else [])
+    for h, w in sizes:
+        x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(h))
+        with torch.no_grad():
+            ref = seg.encode_decode(x, [dict(img_shape=(h, w), pad_shape=(h, w))])
+        assert rel_err(dep.run_onnx(session, x)[0], ref) <= TOL, (h, w)
+
+    ort = python_tool(repo_root, 'deploy/onnx_test.py', str(cfg), str(onnx_file), '--work-dir', str(work))
+    assert ort.returncode == 0, ort.log[-3000:]
+    pt = python_tool(repo_root, 'test.py', str(cfg), str(ckpt), '--work-dir', str(work))
+    assert pt.returncode == 0, pt.log[-3000:]
+    (a_ort, miou_ort, _), (a_pt, miou_pt, _) = metrics(ort.log), metrics(pt.log)
+    assert abs(miou_ort - miou_pt) <= 0.1 and abs(a_ort - a_pt) <= 0.1, (miou_ort, miou_pt)
+    assert re.search(r'ONNX Runtime: .*mIoU', ort.stdout)

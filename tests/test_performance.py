@@ -205,24 +205,6 @@ def test_torchscript_trace_matches_eager():
         assert _rel(traced(x2), model(x2)) < 1e-5
 
 
-def test_onnx_export_runs_in_onnxruntime(tmp_path):
-    pytest.importorskip('onnx')
-    ort = pytest.importorskip('onnxruntime')
-    model = _tiny().eval()
-    x = _input()
-    with torch.no_grad():
-        ref = model(x).numpy()
-    path = tmp_path / 'iformer_tiny.onnx'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
-                          input_names=['images'], output_names=['logits'])
-    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    out = sess.run(None, {'images': x.numpy()})[0]
-    assert out.shape == ref.shape
-    assert abs(out - ref).max() / abs(ref).max() < 1e-4
-
-
 # ------------------------------------------------------------------ reduced precision
 def test_bf16_autocast_is_finite_and_close_at_a_dense_size():
     """bf16 autocast on CPU, iFormer-S at 256x320 (attention over 64x80 pooled tokens in
