@@ -6,7 +6,6 @@ minute on one core; timings live in tools/analysis/benchmark.py, never in tests.
 """
 import math
 import re
-import warnings
 
 import pytest
 import torch
