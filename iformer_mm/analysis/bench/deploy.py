@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from typing import Any, Dict, List, Tuple
 
 from .core import Case, Runner, Step, register_runner
-from .suites import PlanArgs, Suite, expand, register_suite
+from .suites import PlanArgs, Suite, register_suite
 from .workloads import REPO, WORKLOADS, n_params
 
 __all__ = ['DEPLOY_SEGMENTORS', 'DEPLOY_CLASSIFIERS', 'deploy_module', 'plan_deploy', 'deploy_table']
@@ -97,14 +97,13 @@ def plan_deploy(args: PlanArgs) -> List[Case]:
     if args.configs:
         items = [it for it in items if it[1] in args.configs]
     cases: List[Case] = []
-    for kind, key, cfg, shape in items:
-        name = f'{kind}_{shape[0]}x{shape[1]}'
-        cases.append(Case(kind, name, key, 'fwd', shape, 1, config=cfg, suite='deploy'))
-    out = expand(cases, args)
-    ort_cases = expand([Case(c.kind, c.name, c.impl, 'fwd', c.shape, 1, runner='onnxruntime', config=c.config,
-                             suite='deploy') for c in cases], PlanArgs(**{**args.__dict__, 'dtypes': ('fp32',)}))
-    from dataclasses import replace
-    return out + [replace(c, name=c.name + '@ort') for c in ort_cases]
+    for n in args.threads:  # per model: eager in each dtype, then ONNX Runtime (same threads)
+        for kind, key, cfg, shape in items:
+            name = f'{kind}_{shape[0]}x{shape[1]}'
+            common = dict(config=cfg, suite='deploy', device=args.device, threads=n, clock=args.clock)
+            cases += [Case(kind, name, key, 'fwd', shape, 1, dtype=dt, **common) for dt in args.dtypes]
+            cases.append(Case(kind, name + '@ort', key, 'fwd', shape, 1, runner='onnxruntime', **common))
+    return cases
 
 
 def deploy_table(rows: List[Dict[str, Any]]) -> str:
