@@ -40,7 +40,7 @@ __all__ = ['DEFAULT_OPSET', 'MIN_EXPORTER_OPSET', 'ExportError', 'ExportResult',
            'DetectorFeatures', 'build_export_module', 'export_onnx', 'onnx_session', 'run_onnx',
            'require_deploy_packages', 'exporter_available', 'missing_ops', 'use_onnxruntime',
            'onnx_op_types', 'load_for_export', 'export_from_config', 'metadata',
-           'check_against_pytorch', 'evaluate_onnx']
+           'check_against_pytorch', 'evaluate_onnx', 'ort_profile']
 
 logger = logging.getLogger('iformer_mm')
 
@@ -603,3 +603,32 @@ def evaluate_onnx(config: str, onnx_file: str, work_dir: Optional[str] = None,
     runner = build_runner(cfg)
     use_onnxruntime(runner.model, session)
     return runner.test()
+
+
+def ort_profile(path: str, shape: Sequence[int], threads: int = 1, runs: int = 3) -> Dict[str, float]:
+    """Where ONNX Runtime spends a forward: milliseconds of kernel time per op type (ORT's own
+    profiler), averaged over ``runs`` forwards, the first one included.
+
+    Returns:
+        ``{op type: ms per forward}``, largest first.
+    """
+    import json
+    import tempfile
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, 'ort')
+        session = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=['CPUExecutionProvider'])
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+        for _ in range(runs):
+            run_onnx(session, x)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    per_op: Dict[str, float] = {}
+    for ev in events:
+        args = ev.get('args', {})
+        if ev.get('cat') == 'Node' and ev.get('name', '').endswith('_kernel_time') and 'op_name' in args:
+            per_op[args['op_name']] = per_op.get(args['op_name'], 0.0) + ev['dur'] / 1e3
+    return dict(sorted(((k, v / runs) for k, v in per_op.items()), key=lambda kv: -kv[1]))
