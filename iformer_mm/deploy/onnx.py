@@ -22,7 +22,7 @@ reference modules only.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import inspect
 import io
 import logging
