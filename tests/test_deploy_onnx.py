@@ -109,6 +109,23 @@ def test_backbone_out_indices_subset_exports(golden_dir, tmp_path):
     assert max(rel_err(o, r) for o, r in zip(outs, ref)) <= TOL
 
 
+def test_folded_preprocessing_and_argmax_equal_mmsegs_own_path(tmp_path):
+    """--fold-preprocess --argmax (FPN + PoolFormer-S12, --dynamic): raw BGR pixels in, the label
+    map out, equal to mmseg's data preprocessor + encode_decode + argmax at another size."""
+    cfg = str(REPO / 'configs' / 'segmentation' / 'fpn_poolformer_s12_ade20k_40k.py')
+    torch.manual_seed(0)
+    res = dep.export_from_config(cfg, str(tmp_path / 'seg.onnx'), (64, 96), dynamic=True,
+                                 fold_preprocess=True, argmax=True, keep_model=True)
+    assert res.output_names == ['labels']
+    seg = res.module.segmentor
+    raw = torch.randint(0, 256, (3, 80, 48), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    with torch.no_grad():
+        x = seg.data_preprocessor(dict(inputs=[raw]), False)['inputs']  # BGR->RGB, mean/std
+        ref = seg.encode_decode(x, [dict(img_shape=(80, 48), pad_shape=(80, 48))]).argmax(1)
+    out = dep.run_onnx(dep.onnx_session(res.path, threads=1), raw[None].float())[0]
+    assert out.dtype == torch.int64 and torch.equal(out, ref)
+
+
 # ------------------------------------------------------------------ fast: bad input, one line each
 def test_opset_that_lacks_an_op_names_it(golden_dir, tmp_path):
     with pytest.raises(dep.ExportError, match=r'--opset 13 lacks .*LayerNormalization \(opset 17\)'):

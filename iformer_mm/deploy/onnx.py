@@ -90,6 +90,12 @@ def exporter_available() -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- graph modules
+def _flips_channels(pre: nn.Module) -> bool:
+    """Whether a data preprocessor flips BGR<->RGB (mmseg's says ``channel_conversion``,
+    mmengine's ``_channel_conversion``)."""
+    return bool(getattr(pre, 'channel_conversion', getattr(pre, '_channel_conversion', False)))
+
+
 class SegmentorGraph(nn.Module):
     """An mmseg ``EncoderDecoder`` as one tensor function: images -> logits (or labels).
 
@@ -106,7 +112,7 @@ class SegmentorGraph(nn.Module):
         self.segmentor = segmentor
         self.fold_preprocess, self.argmax = fold_preprocess, argmax
         pre = segmentor.data_preprocessor
-        self.flip = bool(getattr(pre, '_channel_conversion', False))
+        self.flip = _flips_channels(pre)
         if fold_preprocess and not getattr(pre, '_enable_normalize', False):
             raise ExportError('--fold-preprocess: the config\'s data_preprocessor has no mean/std to fold in')
         head = segmentor.decode_head
@@ -473,7 +479,7 @@ def use_onnxruntime(segmentor: nn.Module, session: Any) -> None:
     """
     folded = _segmentor_file(session).get('fold_preprocess') == 'True'
     pre, head = segmentor.data_preprocessor, segmentor.decode_head
-    flip = bool(getattr(pre, '_channel_conversion', False))
+    flip = _flips_channels(pre)
 
     def encode_decode(inputs: torch.Tensor, batch_img_metas: List[dict]) -> torch.Tensor:
         x = inputs
