@@ -1,4 +1,4 @@
-"""The analysis tools (issue #15): Fourier spectra of feature maps and Grad-CAM.
+"""The analysis tools: Fourier spectra of feature maps and Grad-CAM.
 
 Fast tests check the numbers against analytic values and toy models trained here; the
 ``slow`` ones run both command-line tools end to end on iFormer-S and Swin-T (mmdet configs)

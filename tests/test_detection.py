@@ -14,6 +14,7 @@ import torch
 pytest.importorskip('mmdet')
 
 import iformer_mm  # noqa: E402,F401
+from _subprocess import env_with_repo  # noqa: E402
 from iformer_mm.engine import (check_pretrained_files, convert_sync_bn, prepare_runtime_cfg,  # noqa: E402
                                trusted_run_checkpoints)
 from iformer_mm.pretrained import CheckpointError  # noqa: E402
@@ -120,7 +121,7 @@ def test_missing_pretrained_file_fails_before_training(tmp_path):
     """The user-facing message names the file, the config key and the fix; no data is touched."""
     res = subprocess.run([sys.executable, str(REPO / 'tools' / 'train.py'),
                           str(DET / 'mask_rcnn_iformer_s_1x.py'), '--work-dir', str(tmp_path / 'wd')],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env_with_repo())
     assert res.returncode != 0
     assert "pretrained weights not found: 'checkpoints/iformer_small.pth'" in res.stderr
     assert '--cfg-options model.backbone.init_cfg.checkpoint=' in res.stderr

@@ -1,4 +1,4 @@
-"""What a new user meets in the first hour (issue #17), through the commands they type.
+"""What a new user meets in the first hour, through the commands they type.
 
 * the demo: a progress bar with ETA, fewer than 60 lines, the config in the work dir (slow);
 * the demo's generated data is a valid input to every tool that takes COCO data;

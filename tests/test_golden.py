@@ -104,7 +104,7 @@ def test_golden_weights_load_strictly_for_every_published_variant(golden_dir):
             sum(p.numel() for p in model.parameters())
 
 
-BF16_TOL = 0.01  # relative L2 of the fp32 output (issue #16)
+BF16_TOL = 0.01  # relative L2 of the fp32 output
 
 
 @pytest.mark.parametrize('impl', IMPLS)

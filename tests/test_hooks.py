@@ -1,4 +1,4 @@
-"""Every PyTorch tool that looks into or replaces modules sees the real iFormer (issue #12):
+"""Every PyTorch tool that looks into or replaces modules sees the real iFormer:
 forward hooks, module swaps (LoRA-style subclasses), parametrisations, hook-based FLOP counters,
 and stochastic depth that depends on ``.training`` only."""
 import pytest

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _subprocess import env_with_repo
 
 import iformer_mm
 from iformer_mm import CheckpointError, InceptionTransformer, load_checkpoint_file, load_pretrained
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    return env_with_repo(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 
 class _CreatesFile:

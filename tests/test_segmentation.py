@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from _subprocess import env_with_repo
 
 from iformer_mm.datagen.ade_from_coco import COCO_CLASSES, build_ade_from_coco, paint_label_map
 
@@ -92,7 +93,7 @@ def test_builder_refuses_to_overwrite_and_cli_runs(tiny_coco_dir, tmp_path, repo
     out = tmp_path / 'ade'
     res = subprocess.run([sys.executable, str(repo_root / 'tools/dataset_converters/ade_from_coco.py'),
                           str(tiny_coco_dir), str(out), '--max-images', '2'],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env_with_repo())
     assert res.returncode == 0, res.stderr
     assert 'training: 2 images' in res.stdout
     assert len(list((out / 'annotations' / 'validation').glob('*.png'))) == 2

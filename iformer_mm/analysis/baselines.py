@@ -6,7 +6,7 @@ attention), the attention output reshaped through ``transpose(2, 3)`` to NCHW, a
 non-contiguous channels-last residual stream the patch embeddings' ``permute`` gives. Two
 attention kernels: the released ``softmax((q k^T) * scale) v`` (``attn='naive'``), or
 ``scaled_dot_product_attention`` swapped in (``attn='sdpa'``) — the baseline every speed and
-op-count ratio of issue #12 is taken against.
+op-count ratio of the benchmark is taken against.
 
 Beyond the released code only what a dense benchmark needs: non-square maps (the release
 reshapes with ``int(sqrt(N))``). Odd maps in stages 1-2 are refused, as they fail there too.

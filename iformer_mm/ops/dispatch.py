@@ -33,10 +33,9 @@ __all__ = ['IMPLS', 'MEASURED_WINS', 'check_impl', 'compute_dtype', 'kernel_allo
 IMPLS = ('auto', 'reference', 'fast')
 
 # (device type, compute dtype) pairs where the kernels were measured faster than the
-# reference (tools/analysis/benchmark.py; docs/performance.md). CPU bf16 (autocast), measured
-# 2026-12-02, iFormer-S, 1 thread: 224 b32 forward 6.72 s vs 8.32 s, 800x1344 fwd+bwd
-# 37.96 s vs 40.01 s and 2.22 vs 2.96 GB. CUDA is absent on purpose: no GPU measurement
-# exists, so GPUs run the reference (SDPA picks flash/efficient kernels).
+# reference (tools/analysis/benchmark.py; the figures: docs/performance.md, "What runs where").
+# CUDA is absent on purpose: no GPU measurement exists, so GPUs run the reference (SDPA picks
+# flash/efficient kernels).
 MEASURED_WINS = frozenset({('cpu', torch.float32), ('cpu', torch.bfloat16)})
 
 _AUTOCAST_DEVICES = ('cpu', 'cuda', 'xpu', 'mps', 'hpu')
