@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from iformer_mm.models import InceptionTransformer  # noqa: E402
 from iformer_mm.models.backbone import IFormer  # noqa: E402
 
 from _golden import TINY_ARCH, case_input, load_cases, make_state_dict, rel_err  # noqa: E402
+from _subprocess import env_with_repo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # max |ORT - PyTorch| / max |PyTorch|, fp32
@@ -44,6 +46,15 @@ def _tiny_classifier(golden_dir: Path, **kw) -> InceptionTransformer:
     model = InceptionTransformer(TINY_ARCH, img_size=64, num_classes=10, **kw)
     load_pretrained(model, make_state_dict(golden_dir, 'tiny'))
     return model.eval()
+
+
+def _run_tool(tool: str, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """``python tools/<tool> ARGS`` with this checkout first on the path; ``.log`` is stdout + stderr.
+    The timeout is generous: the dynamo exporter needs about a minute of CPU per model."""
+    res = subprocess.run([sys.executable, str(REPO / 'tools' / tool), *args], cwd=REPO, capture_output=True,
+                         text=True, timeout=timeout, env=env_with_repo(OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore'))
+    res.log = res.stdout + res.stderr
+    return res
 
 
 def _one_line_error(exc: SystemExit) -> str:
@@ -263,15 +274,14 @@ def test_exported_segmentor_matches_pytorch_and_scores_the_same(base, repo_root,
     """Train one iteration, export with --dynamic (tool), then: logits within 1e-4 of mmseg's
     encode_decode at two sizes (the mobile M at 320x480 too: 4 stage-3 windows); mIoU of
     tools/deploy/onnx_test.py equal to tools/test.py's within 0.1."""
-    from test_segmentation_e2e import metrics, python_tool, run_tool, write_tiny_config
+    from test_segmentation_e2e import metrics, write_tiny_config
     cfg = write_tiny_config(tmp_path / base, repo_root, base, ade_dir, iters=1)
     work = tmp_path / 'work'
-    res = python_tool(repo_root, 'train.py', str(cfg), '--work-dir', str(work))
+    res = _run_tool('train.py', str(cfg), '--work-dir', str(work))
     assert res.returncode == 0, res.log[-3000:]
     ckpt, onnx_file = work / 'iter_1.pth', tmp_path / 'seg.onnx'
-    # the dynamo exporter needs about a minute of CPU for these models; more on a loaded machine
-    res = run_tool(repo_root, [sys.executable, str(repo_root / 'tools' / 'deploy' / 'export_onnx.py'), str(cfg),
-                               str(ckpt), '--shape', '128', '160', '--dynamic', '--out', str(onnx_file)], timeout=1800)
+    res = _run_tool('deploy/export_onnx.py', str(cfg), str(ckpt), '--shape', '128', '160', '--dynamic',
+                    '--out', str(onnx_file))
     assert res.returncode == 0 and 'segmentor' in res.stdout and 'dynamic' in res.stdout, res.log[-3000:]
 
     seg = dep.load_for_export(str(cfg), str(ckpt))
@@ -283,9 +293,9 @@ def test_exported_segmentor_matches_pytorch_and_scores_the_same(base, repo_root,
             ref = seg.encode_decode(x, [dict(img_shape=(h, w), pad_shape=(h, w))])
         assert rel_err(dep.run_onnx(session, x)[0], ref) <= TOL, (h, w)
 
-    ort = python_tool(repo_root, 'deploy/onnx_test.py', str(cfg), str(onnx_file), '--work-dir', str(work))
+    ort = _run_tool('deploy/onnx_test.py', str(cfg), str(onnx_file), '--work-dir', str(work))
     assert ort.returncode == 0, ort.log[-3000:]
-    pt = python_tool(repo_root, 'test.py', str(cfg), str(ckpt), '--work-dir', str(work))
+    pt = _run_tool('test.py', str(cfg), str(ckpt), '--work-dir', str(work))
     assert pt.returncode == 0, pt.log[-3000:]
     (a_ort, miou_ort, _), (a_pt, miou_pt, _) = metrics(ort.log), metrics(pt.log)
     assert abs(miou_ort - miou_pt) <= 0.1 and abs(a_ort - a_pt) <= 0.1, (miou_ort, miou_pt)
