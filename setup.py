@@ -8,6 +8,8 @@ version = {}
 with open(os.path.join(here, 'iformer_mm', 'version.py')) as f:
     exec(f.read(), version)
 
+DEPLOY = ['onnx', 'onnxruntime', 'onnxscript']
+
 setup(
     name='iformer_mm',
     version=version['__version__'],
@@ -22,9 +24,10 @@ setup(
     # built against the installed torch. tools/install.sh installs the tested stack in order
     # (timm >= 1.0.30, checked at run time by iformer_mm.engine.stack_check).
     install_requires=['numpy', 'packaging'],
+    # `pip install -e .[deploy]`: ONNX export and ONNX Runtime (tools/deploy/, iformer_mm.deploy);
     # `pip install -e .[tests]` (or `bash tools/install.sh --tests`): what the test suite needs
-    # beyond the stack; onnx* for the ONNX export tests.
-    extras_require={'tests': ['pytest', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript']},
+    # beyond the stack, the deploy tools included (tests/test_deploy_onnx.py).
+    extras_require={'deploy': DEPLOY, 'tests': ['pytest', 'pytest-timeout'] + DEPLOY},
     license='Apache-2.0',
     classifiers=['License :: OSI Approved :: Apache Software License', 'Programming Language :: Python :: 3',
                  'Programming Language :: Python :: 3 :: Only'],

@@ -26,7 +26,7 @@ import torch.fx
 
 __all__ = ['HAS_SAFE_GLOBALS', 'SAFE_GLOBALS_TORCH', 'SAFE_GLOBAL_ALIASES_TORCH', 'TorchFeatureError',
            'autocast_dtype', 'has_safe_global_aliases', 'is_compiling', 'is_fx_tracing', 'is_graph_capture',
-           'load_defaults_to_weights_only', 'onnx_export_kwargs', 'require_safe_globals', 'safe_globals',
+           'load_defaults_to_weights_only', 'has_onnx_dynamo_exporter', 'require_safe_globals', 'safe_globals',
            'unsafe_globals_in_checkpoint']
 
 _ser = torch.serialization
@@ -74,14 +74,11 @@ def is_graph_capture() -> bool:
     return is_fx_tracing()
 
 
-def onnx_export_kwargs() -> dict:
-    """What ``torch.onnx.export`` needs to run the TorchScript-based exporter on every torch.
-
-    Newer torch takes ``dynamo=`` (and defaults to the dynamo exporter); torch < 2.5 has only
-    the TorchScript one and no such argument.
-    """
+def has_onnx_dynamo_exporter() -> bool:
+    """Whether ``torch.onnx.export`` takes ``dynamo=True`` (the ``torch.export``-based exporter,
+    torch >= 2.5); older torch has only the TorchScript-based one."""
     import inspect
-    return {'dynamo': False} if 'dynamo' in inspect.signature(torch.onnx.export).parameters else {}
+    return 'dynamo' in inspect.signature(torch.onnx.export).parameters
 
 
 # ----------------------------------------------------------------------------- autocast

@@ -421,28 +421,3 @@ def test_backbone_tensors_equal_the_authors_dense_layout(arch, shapes_file):
     count = lambda sd: sum(int(np.prod(s.shape if hasattr(s, 'shape') else s))  # noqa: E731
                            for k, s in sd.items() if not k.endswith('num_batches_tracked'))
     assert len(ours) == len(shapes) and count(ours) == count(shapes)
-
-
-# ------------------------------------------------------------------ deployment
-def test_dense_m_exports_to_onnx_with_windows(tmp_path, authors_sd):
-    """The windowed M backbone at 320x480 (stage 3 padded 20x30 -> 32x32, 4 windows) runs in
-    onnxruntime with the four outputs equal to PyTorch's."""
-    pytest.importorskip('onnx')
-    ort = pytest.importorskip('onnxruntime')
-    import warnings
-    model = MobileIFormer('m')
-    load_mobile_iformer(model, authors_sd('m', 'dense'))
-    model.eval()
-    x = torch.randn(1, 3, 320, 480, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ref = [o.numpy() for o in model(x)]
-    path = tmp_path / 'mobile_iformer_m.onnx'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), str(path), opset_version=17, **compat.onnx_export_kwargs(),
-                          input_names=['images'], output_names=[f'c{i}' for i in range(2, 6)])
-    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    outs = sess.run(None, {'images': x.numpy()})
-    for out, r in zip(outs, ref):
-        assert out.shape == r.shape
-        assert abs(out - r).max() / abs(r).max() <= 1e-4

@@ -5,7 +5,6 @@ Every iFormer here is tiny (or iFormer-S at a small input) so the file runs in w
 minute on one core; timings live in tools/analysis/benchmark.py, never in tests.
 """
 import re
-import warnings
 
 import pytest
 import torch
@@ -203,24 +202,6 @@ def test_torchscript_trace_matches_eager():
         # a traced model at another size: the traced position-table resize must follow
         x2 = _input(ODD_INPUT, seed=2)
         assert _rel(traced(x2), model(x2)) < 1e-5
-
-
-def test_onnx_export_runs_in_onnxruntime(tmp_path):
-    pytest.importorskip('onnx')
-    ort = pytest.importorskip('onnxruntime')
-    model = _tiny().eval()
-    x = _input()
-    with torch.no_grad():
-        ref = model(x).numpy()
-    path = tmp_path / 'iformer_tiny.onnx'
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(model, (x,), str(path), opset_version=17, **compat.onnx_export_kwargs(),
-                          input_names=['images'], output_names=['logits'])
-    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    out = sess.run(None, {'images': x.numpy()})[0]
-    assert out.shape == ref.shape
-    assert abs(out - ref).max() / abs(ref).max() < 1e-4
 
 
 # ------------------------------------------------------------------ reduced precision

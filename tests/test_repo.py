@@ -30,7 +30,7 @@ def _setup_kwargs(repo_root):
 
 def test_package_metadata_is_true(repo_root):
     """The license, the Python floor (torch 2.13 needs 3.10), every subpackage shipped, the
-    start-up shim a module that exists, the test tools only in the `tests` extra."""
+    start-up shim a module that exists, the test tools only in the `tests` extra, the ONNX tools in `deploy` (and `tests`)."""
     import importlib.util
     kw = _setup_kwargs(repo_root)
     assert kw['license'] == 'Apache-2.0' and 'Apache License' in (repo_root / 'LICENSE').read_text()
@@ -46,6 +46,7 @@ def test_package_metadata_is_true(repo_root):
         spec.loader.exec_module(module)
         assert callable(module.install_import_hook)
     assert {'pytest', 'pytest-timeout', 'onnx', 'onnxruntime', 'onnxscript'} <= set(kw['extras_require']['tests'])
+    assert kw['extras_require']['deploy'] == ['onnx', 'onnxruntime', 'onnxscript']  # `.[deploy]`
     assert not any(r.startswith(('pytest', 'onnx')) for r in kw['install_requires'])
 
 

@@ -41,9 +41,11 @@ def resize_pos_embed(pos_embed: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Resize a channels-last ``(1, h, w, C)`` position table to ``(1, H, W, C)``.
 
     Bilinear, ``align_corners=False``: what the authors' model does at run time. Compared by
-    shape (the authors compared areas, wrong for e.g. 49x64 vs 56x56). A leaf for fx.
+    shape (the authors compared areas, wrong for e.g. 49x64 vs 56x56). A leaf for fx. While
+    exporting to ONNX the table is always resized: resizing to its own size is exact, and a
+    graph recorded at the table's size must still follow other sizes.
     """
-    if pos_embed.shape[1] == size[0] and pos_embed.shape[2] == size[1]:
+    if pos_embed.shape[1] == size[0] and pos_embed.shape[2] == size[1] and not torch.onnx.is_in_onnx_export():
         return pos_embed
     resized = F.interpolate(pos_embed.permute(0, 3, 1, 2), size=(size[0], size[1]), mode='bilinear',
                             align_corners=False)

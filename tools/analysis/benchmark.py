@@ -9,7 +9,9 @@ each measures: :mod:`iformer_mm.analysis.bench`):
   whole Mask R-CNN / Semantic FPN models and a training step (docs/performance.md);
 * ``compare``: backbones as their Mask R-CNN configs build them, FLOPs both ways, time and
   memory at 800x1344 fwd+bwd and 32x224 forward (docs/comparison.md);
-* ``latency``: backbone forward latency of mm configs at 512x512, batch 1 (docs/mobile_iformer.md).
+* ``latency``: backbone forward latency of mm configs at 512x512, batch 1 (docs/mobile_iformer.md);
+* ``deploy``: ONNX Runtime against PyTorch eager fp32 and ``--amp bf16``, segmentors at 512x512 and
+  classifiers at 224 (docs/deploy.md).
 
 Usage::
 

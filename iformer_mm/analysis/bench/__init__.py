@@ -6,7 +6,9 @@
 * :mod:`.workloads` — the models, inputs and steps of each case kind, and the built-in
   runners ``eager`` and ``flops``;
 * :mod:`.suites` — the suites (``perf``, ``compare``, ``latency``: which cases, which table)
-  and :func:`register_suite`.
+  and :func:`register_suite`;
+* :mod:`.deploy` — the ``deploy`` suite and the ``onnxruntime`` runner (ONNX Runtime against
+  PyTorch eager fp32 and ``--amp bf16``; needs the ``deploy`` extra to run).
 
 A run: ``cases = SUITES[name].plan(PlanArgs(...))``, then :func:`run_case_in_subprocess` per
 case, then the suite's ``table`` (the ``perf`` suite's rows through :func:`summarise` first).
@@ -17,6 +19,7 @@ from .core import (RUNNERS, Case, Options, Runner, Step, count_cuda_kernels, loa
 from .suites import (SUITES, PlanArgs, Suite, format_breakdown, format_markdown, format_table, register_suite,
                      report, summarise)
 from . import workloads  # noqa: F401  (registers the built-in runners)
+from . import deploy  # noqa: F401,E402  (the deploy suite and the onnxruntime runner)
 
 __all__ = ['Case', 'Options', 'PlanArgs', 'RUNNERS', 'Runner', 'SUITES', 'Step', 'Suite',
            'count_cuda_kernels', 'format_breakdown', 'format_markdown', 'format_table', 'load_avg',

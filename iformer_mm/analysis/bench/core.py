@@ -248,7 +248,7 @@ def run_case(case: Case, opts: Options) -> Dict[str, Any]:
     """Measure ``case`` in this process (call it in a fresh one: :func:`run_case_in_subprocess`)."""
     import torch
     import iformer_mm  # noqa: F401  (registers the models)
-    from . import workloads  # noqa: F401  (registers the built-in runners)
+    from . import deploy, workloads  # noqa: F401  (register the runners)
     torch.set_num_threads(case.threads)
     if case.device == 'cuda':
         torch.cuda.reset_peak_memory_stats()
