@@ -203,12 +203,12 @@ def test_mobile_iformer_classifier_matches_golden(arch, tmp_path):
     """timm's iformer_t / iformer_m with the spec's deterministic weights in the authors' layout,
     exported through the tool's path (timm name + checkpoint): the golden logits within 1e-4."""
     import json
-    from conftest import _shared
-    spec_dir = _shared('spec', 'mobile_iformer')
-    cases = {c['name']: c for c in torch.load(spec_dir / 'mobile_iformer_golden.pt', weights_only=True)}
+    from conftest import mobile_golden_files
+    golden_file, shapes_file = mobile_golden_files()
+    cases = {c['name']: c for c in torch.load(golden_file, weights_only=True)}
     case = cases['cls_iFormer_m_2x224x224' if arch == 'm' else 'cls_iFormer_t_224x224']
     from assets.golden import weights
-    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())
+    shapes = json.loads(shapes_file.read_text())
     import timm
     from iformer_mm.pretrained import load_mobile_iformer
     model = timm.create_model(f'iformer_{arch}')
@@ -225,14 +225,14 @@ def test_windowed_mobile_iformer_m_backbone_matches_golden(tmp_path):
     """The dense M backbone (windowed stage 3) exported once with --dynamic equals the authors'
     golden stages at 320x480 (stage 3 padded to 32x32, 4 windows) and 333x517 (odd sizes)."""
     import json
-    from conftest import _shared
+    from conftest import mobile_golden_files
     from assets.golden import weights
     from _golden import stage_errors
     from iformer_mm.models.mobile_iformer import MobileIFormer
     from iformer_mm.pretrained import load_mobile_iformer
-    spec_dir = _shared('spec', 'mobile_iformer')
-    cases = {c['name']: c for c in torch.load(spec_dir / 'mobile_iformer_golden.pt', weights_only=True)}
-    shapes = json.loads((spec_dir / 'mobile_iformer_state_dict_shapes.json').read_text())
+    golden_file, shapes_file = mobile_golden_files()
+    cases = {c['name']: c for c in torch.load(golden_file, weights_only=True)}
+    shapes = json.loads(shapes_file.read_text())
     model = MobileIFormer('m')
     load_mobile_iformer(model, weights.make_state_dict(shapes['iFormer_m_dense']))
     res = dep.export_onnx(model.eval(), str(tmp_path / 'm.onnx'), (1, 3, 256, 256),
