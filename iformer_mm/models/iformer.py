@@ -37,6 +37,15 @@ __all__ = ['ARCH_SETTINGS', 'InceptionTransformer', 'InceptionMixer', 'Block', '
            'resize_pos_embed']
 
 @torch.fx.wrap
+def _onnx_exporting() -> bool:
+    """Whether the ONNX exporter is recording; TorchScript compiles only the first branch
+    (``torch.onnx.is_in_onnx_export`` itself is not scriptable on newer torch)."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.onnx.is_in_onnx_export()
+
+
 def resize_pos_embed(pos_embed: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Resize a channels-last ``(1, h, w, C)`` position table to ``(1, H, W, C)``.
 
@@ -45,7 +54,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, size: List[int]) -> torch.Tensor:
     exporting to ONNX the table is always resized: resizing to its own size is exact, and a
     graph recorded at the table's size must still follow other sizes.
     """
-    if pos_embed.shape[1] == size[0] and pos_embed.shape[2] == size[1] and not torch.onnx.is_in_onnx_export():
+    if pos_embed.shape[1] == size[0] and pos_embed.shape[2] == size[1] and not _onnx_exporting():
         return pos_embed
     resized = F.interpolate(pos_embed.permute(0, 3, 1, 2), size=(size[0], size[1]), mode='bilinear',
                             align_corners=False)
