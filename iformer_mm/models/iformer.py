@@ -36,7 +36,7 @@ from .arch import ARCH_SETTINGS, NUM_STAGES, per_stage, resolve_arch, take_indic
 __all__ = ['ARCH_SETTINGS', 'InceptionTransformer', 'InceptionMixer', 'Block', 'resolve_arch',
            'resize_pos_embed']
 
-@torch.fx.wrap
+
 def _onnx_exporting() -> bool:
     """Whether the ONNX exporter is recording; TorchScript compiles only the first branch
     (``torch.onnx.is_in_onnx_export`` itself is not scriptable on newer torch)."""
@@ -46,6 +46,7 @@ def _onnx_exporting() -> bool:
         return torch.onnx.is_in_onnx_export()
 
 
+@torch.fx.wrap
 def resize_pos_embed(pos_embed: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Resize a channels-last ``(1, h, w, C)`` position table to ``(1, H, W, C)``.
 
