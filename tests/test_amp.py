@@ -123,6 +123,13 @@ def test_train_and_test_tools_with_amp_bf16(tiny_coco_dir, tmp_path):
         assert abs(res['metric_diff'][f'coco/{k}_mAP']) <= 0.02
     report = format_report(res)
     assert '| coco/bbox_mAP |' in report and 'x faster' in report
+    # its temporary work dir is gone, and a Runner built next in the same process (a notebook, a
+    # test session) must not inherit a visualizer that still writes there
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    after = Config.fromfile(str(cfg))
+    after.work_dir = str(tmp_path / 'after')
+    assert Runner.from_cfg(after).visualizer._vis_backends['LocalVisBackend']._save_dir.startswith(after.work_dir)
 
 
 def test_kernels_equal_the_reference_under_bf16_autocast_forward_and_backward():

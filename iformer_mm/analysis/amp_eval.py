@@ -46,6 +46,11 @@ def _build(cfg_path: str, checkpoint: str, work_dir: str, max_batches: Optional[
     cfg.work_dir = work_dir
     cfg.load_from = None
     cfg.launcher = 'none'
+    if isinstance(cfg.get('visualizer'), dict):
+        # mmengine keeps visualizers by name for the whole process, and the next Runner given
+        # mmdet's/mmseg's default name ('visualizer') would reuse this one, whose save_dir (our
+        # temporary work dir) is gone by then: a name of our own keeps it out of their way.
+        cfg.visualizer['name'] = f'amp_eval_{os.getpid()}_{time.time_ns()}'
     prepare_runtime_cfg(cfg)
     preflight_or_exit(cfg, splits=('test',))
     with contextlib.redirect_stdout(io.StringIO()):  # the environment and the whole config
