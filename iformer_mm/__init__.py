@@ -9,10 +9,10 @@ with the backbones its users compare it with.
   ``forward_intermediates``: CAFormer, ConvFormer, PoolFormer v1/v2, IdentityFormer, ...) and
   ``iformer_mm.MobileIFormer`` (the ICLR 2025 mobile iFormer's dense models).
 
-and, when mmengine is installed, makes mmengine read local checkpoint files safely on every
-torch: tensors plus the training-state classes mmengine writes, nothing else
-(:func:`iformer_mm.engine.trusted_runs.load_from_local_safely`; what this means for other
-checkpoints read in the same process: docs/reliability.md).
+and, when mmengine is installed, makes mmengine read checkpoint files and model-zoo URLs safely
+on every torch: tensors plus the training-state classes mmengine writes, nothing else
+(:func:`iformer_mm.engine.trusted_runs.load_from_local_safely` and ``load_from_url_safely``;
+what this means for other checkpoints read in the same process: docs/reliability.md).
 
 Layout: :mod:`.models` (the reference model, timm and mm adapters), :mod:`.ops` (fast kernels
 beside the modules they stand in for), :mod:`.pretrained` (the one safe checkpoint loader),

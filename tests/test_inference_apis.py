@@ -234,17 +234,54 @@ def check_seg_apis(cfg: Path, ckpt: Path) -> None:
         assert labels.shape == (1, *IMAGE.shape[:2]) and int(labels.max()) < 80, (name, labels.shape)
 
 
-def test_importing_iformer_mm_gives_mmengine_our_local_loader():
-    """After ``import iformer_mm`` every local path mmengine reads goes through our loader;
-    URLs and model-zoo names stay with mmengine's own loaders."""
+def test_importing_iformer_mm_gives_mmengine_our_local_and_url_loaders():
+    """After ``import iformer_mm`` every local path and URL mmengine reads goes through our
+    loaders; the zoo-name schemes reach ours through the URL they map to."""
     import iformer_mm  # noqa: F401
+    from mmengine.runner import checkpoint as mm_checkpoint
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from iformer_mm.engine import load_from_local_safely
+    from iformer_mm.engine.trusted_runs import load_from_local_safely, load_from_url_safely
     for path in ('work_dirs/x/epoch_1.pth', '/abs/iter_5.pth', 'ckpt.pth'):
         assert CheckpointLoader._get_checkpoint_loader(path) is load_from_local_safely
-    assert CheckpointLoader._get_checkpoint_loader('https://x/y.pth') is not load_from_local_safely
-    assert CheckpointLoader._get_checkpoint_loader('open-mmlab://resnet50_v1c') is not load_from_local_safely
+    for url in ('https://x/y.pth', 'http://x/y.pth'):
+        assert CheckpointLoader._get_checkpoint_loader(url) is load_from_url_safely
+    assert mm_checkpoint.load_from_http is load_from_url_safely  # what torchvision:// etc. call
+
+
+def _zoo_urls() -> Dict[str, str]:
+    """One name per URL-backed mmengine scheme, with the URL it downloads."""
+    from mmengine.runner.checkpoint import get_external_models, get_torchvision_models
+    return {'https://example.invalid/zoo/model-1234.pth': 'https://example.invalid/zoo/model-1234.pth',
+            'torchvision://resnet18': get_torchvision_models()['resnet18'],
+            'open-mmlab://resnet50_v1c': get_external_models()['resnet50_v1c']}
+
+
+@pytest.mark.parametrize('name', list(_zoo_urls()))
+def test_model_zoo_checkpoints_are_read_safely(name, tmp_path, monkeypatch):
+    """``load_from``/``init_cfg`` with a URL or a zoo name (mmengine would unpickle the download
+    with ``weights_only=False`` on every torch): a cached plain state dict loads; a crafted one
+    in the same cache file is refused in one line and runs nothing. Offline: the file is put
+    where torch.hub caches the URL."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from iformer_mm import CheckpointError
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)
+    url = _zoo_urls()[name]
+    cached = Path(torch.hub.get_dir()) / 'checkpoints' / Path(url).name
+    cached.parent.mkdir(parents=True)
+    weights = {'conv.weight': torch.randn(4, 3, 3, 3)}
+    torch.save({'state_dict': weights}, cached)
+    got = CheckpointLoader.load_checkpoint(name, map_location='cpu')
+    assert torch.equal(got['state_dict']['conv.weight'], weights['conv.weight'])
+
+    marker = tmp_path / 'zoo.ran'
+    torch.save({'state_dict': weights, 'meta': {'extra': _RunsShell(marker)}}, cached)
+    with pytest.raises(CheckpointError) as err:
+        CheckpointLoader.load_checkpoint(name, map_location='cpu')
+    assert_refused_in_one_line(err.value, 'posix.system', cached)
+    assert not marker.exists()
 
 
 def test_det_apis_on_a_runner_checkpoint(det_cfg, det_runner_ckpt):

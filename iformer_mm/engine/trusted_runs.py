@@ -177,14 +177,58 @@ def load_from_local_safely(filename: Union[str, os.PathLike], map_location: Any 
         raise CheckpointError(msg) from None
 
 
+def load_from_url_safely(filename: str, map_location: Any = None, model_dir: Optional[str] = None,
+                         progress: bool = os.isatty(0)) -> Any:
+    """Download a checkpoint as mmengine's ``load_from_http`` does, then read it as
+    :func:`load_from_local_safely` does.
+
+    mmengine reads URLs with ``torch.hub.load_state_dict_from_url``, whose ``weights_only``
+    defaults to False on every torch: a model-zoo file (``load_from``, an mmdet/mmseg
+    ``init_cfg=dict(type='Pretrained', checkpoint='https://...')``, ``torchvision://``,
+    ``open-mmlab://``, ``mmcls://``) would be unpickled with nothing checked. The download is
+    torch.hub's, to the same cache file (``<torch hub dir>/checkpoints/<name>`` or
+    ``model_dir``), so files mmengine cached before are reused; in a distributed run local rank
+    0 downloads first.
+
+    Raises:
+        CheckpointError: as :func:`load_from_local_safely` (the message names the cached file).
+    """
+    from mmengine.dist import get_dist_info
+    from torch.hub import download_url_to_file, get_dir
+    from urllib.parse import urlparse
+
+    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
+    cached = osp.join(model_dir, osp.basename(urlparse(filename).path))
+
+    def fetch() -> None:
+        if not osp.exists(cached):
+            os.makedirs(model_dir, exist_ok=True)
+            logger.info('Downloading %s to %s', filename, cached)
+            download_url_to_file(filename, cached, None, progress=progress)
+
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        fetch()
+    if world_size > 1:
+        torch.distributed.barrier()
+        fetch()
+    return load_from_local_safely(cached, map_location=map_location)
+
+
 def register_mmengine_loader() -> None:
-    """Make :func:`load_from_local_safely` mmengine's loader of local checkpoint files.
+    """Make our safe readers mmengine's loaders of local files and of URLs.
 
     mmengine picks a loader by path prefix; ``''`` (the fallback for every path without a
-    ``scheme://``) is its ``load_from_local``. URL and model-zoo schemes are left to mmengine.
+    ``scheme://``) is its ``load_from_local``, ``http(s)://`` its ``load_from_http``. Its
+    ``torchvision://``, ``open-mmlab://`` and ``mmcls://`` loaders map the name to a URL and call
+    the module-level ``load_from_http``, so that name is rebound to :func:`load_from_url_safely`
+    too. Other schemes (``s3://``, ``petrel://``, ``pavi://``) are left to mmengine.
     """
-    from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safely, force=True)
+    from mmengine.runner import checkpoint as mm_checkpoint
+    mm_checkpoint.CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_safely, force=True)
+    mm_checkpoint.CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                                   loader=load_from_url_safely, force=True)
+    mm_checkpoint.load_from_http = load_from_url_safely
 
 
 def run_trusted(step: Callable[[], Any], checkpoint: Optional[str]) -> Any:
