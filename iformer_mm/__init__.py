@@ -20,17 +20,37 @@ beside the modules they stand in for), :mod:`.pretrained` (the one safe checkpoi
 entry), :mod:`.engine` (runner helpers and checks), :mod:`.datasets` (registered datasets),
 :mod:`.datagen` (dataset generators), :mod:`.analysis` and :mod:`.classification` (the tools' logic).
 """
-from .models import ARCH_SETTINGS, InceptionTransformer, resolve_arch
-from .pretrained import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained
+import sys
+
 from .version import __version__
 
-__all__ = ['ARCH_SETTINGS', 'CheckpointError', 'InceptionTransformer', 'LoadReport',
-           'load_checkpoint_file', 'load_pretrained', 'resolve_arch', '__version__']
-try:  # the OpenMMLab backbones (registered when mmengine is installed)
-    from .models import IFormer, MobileIFormer, TimmBackbone  # noqa: F401
-    __all__ += ['IFormer', 'MobileIFormer', 'TimmBackbone']
-except ImportError:
-    pass
-else:  # mmengine is installed: its loads of local checkpoints go through our allow-list
-    from .engine.trusted_runs import register_mmengine_loader
-    register_mmengine_loader()
+
+def _running_the_stack_check() -> bool:
+    """``python -m iformer_mm.env`` / ``tools/misc/check_env.py`` must report a broken torch, timm
+    or torchvision, not die importing it."""
+    argv = list(getattr(sys, 'orig_argv', ()))
+    return (any(a == '-m' and b == 'iformer_mm.env' for a, b in zip(argv, argv[1:]))
+            or (bool(sys.argv) and sys.argv[0].endswith('check_env.py')))
+
+
+try:
+    from .models import ARCH_SETTINGS, InceptionTransformer, resolve_arch
+    from .pretrained import CheckpointError, LoadReport, load_checkpoint_file, load_pretrained
+except Exception as e:  # a missing or mismatched torch / timm / torchvision (ImportError, RuntimeError, ...)
+    if not _running_the_stack_check():
+        first = (str(e).strip().splitlines() or [''])[0]
+        raise ImportError(f'iformer_mm cannot import its dependencies ({type(e).__name__}: {first}). '
+                          '`python -m iformer_mm.env` names the broken package and the command that '
+                          'fixes it.') from e
+    __all__ = ['__version__']
+else:
+    __all__ = ['ARCH_SETTINGS', 'CheckpointError', 'InceptionTransformer', 'LoadReport',
+               'load_checkpoint_file', 'load_pretrained', 'resolve_arch', '__version__']
+    try:  # the OpenMMLab backbones (registered when mmengine is installed)
+        from .models import IFormer, MobileIFormer, TimmBackbone  # noqa: F401
+        __all__ += ['IFormer', 'MobileIFormer', 'TimmBackbone']
+    except ImportError:
+        pass
+    else:  # mmengine is installed: its loads of checkpoints go through our allow-list
+        from .engine.trusted_runs import register_mmengine_loader
+        register_mmengine_loader()

@@ -27,10 +27,9 @@ Main = Callable[[Optional[Sequence[str]]], object]
 
 def user_errors() -> Tuple[Type[BaseException], ...]:
     """The exception types whose message is the whole story (one line, no traceback)."""
-    from .build import ConfigError
-    from .pretrained import CheckpointError
-    errors: Tuple[Type[BaseException], ...] = (CheckpointError, ConfigError)
-    for module, name in (('iformer_mm.analysis.features', 'AnalysisError'),
+    errors: Tuple[Type[BaseException], ...] = ()
+    for module, name in (('iformer_mm.pretrained', 'CheckpointError'), ('iformer_mm.build', 'ConfigError'),
+                         ('iformer_mm.analysis.features', 'AnalysisError'),
                          ('iformer_mm.engine.stack_check', 'StackError')):
         mod = sys.modules.get(module)  # only a module the tool imported can have raised it
         if mod is not None and hasattr(mod, name):
@@ -56,7 +55,10 @@ def run_cli(main: Main, argv: Optional[Sequence[str]] = None) -> int:
 def main_entry(main: Main) -> NoReturn:
     """What every tool calls under ``if __name__ == '__main__':`` (see the module doc)."""
     status = run_cli(main)
-    from .engine.device import end_process
+    try:
+        from .engine.device import end_process
+    except Exception:  # torch/timm cannot be imported: only the stack check runs then, in one process
+        sys.exit(status)
     end_process(status)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -432,3 +433,28 @@ def test_check_env_verdict_on_this_machine(repo_root):
         assert versions[name] and f'{name}' in res.stdout and versions[name] in res.stdout
     assert '[OK  ] mmcv ops: mmcv._ext loads; nms runs on CPU' in res.stdout
     assert res.stdout.strip().splitlines()[-1].startswith('VERDICT: OK')
+
+
+@pytest.mark.parametrize('broken', ['torchvision', 'timm'])
+def test_check_env_reports_a_dependency_that_cannot_be_imported(broken, tmp_path, repo_root):
+    """The check is what a user runs when ``import timm`` dies (a torchvision built for another
+    torch, a half-installed timm): it still runs, names the failure with a fix and exits 1, with
+    no traceback; ``import iformer_mm`` itself fails in one ImportError pointing at it."""
+    site = tmp_path / 'site'
+    site.mkdir()
+    (site / 'sitecustomize.py').write_text(f'import sys\nsys.modules[{broken!r}] = None  # import {broken} fails\n')
+    env = _env()
+    env['PYTHONPATH'] = os.pathsep.join([str(site), env['PYTHONPATH']])
+    for cmd in (['-m', 'iformer_mm.env', '--quick'], [str(repo_root / 'tools/misc/check_env.py'), '--quick']):
+        res = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True, timeout=300)
+        out = res.stdout + res.stderr
+        assert res.returncode == 1, out
+        assert 'Traceback' not in out, out
+        assert res.stdout.strip().splitlines()[-1].startswith('VERDICT: BROKEN'), out
+        assert re.search(rf'\[FAIL\] .*{broken}', out) and 'fix: ' in out, out
+    res = subprocess.run([sys.executable, '-c', 'import iformer_mm'], env=env, capture_output=True,
+                         text=True, timeout=300)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 1
+    assert last.startswith('ImportError: iformer_mm cannot import its dependencies') and broken in last, last
+    assert '`python -m iformer_mm.env`' in last

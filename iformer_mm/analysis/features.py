@@ -130,13 +130,14 @@ def load_weights(model: nn.Module, path: str) -> Tuple[List[str], Optional[List[
     from ..pretrained import CheckpointError, load_checkpoint_file, load_pretrained
     if isinstance(model, InceptionTransformer):
         return [load_pretrained(model, path).summary()], None
-    try:
-        from ..engine.trusted_runs import trusted_run_checkpoints
+    try:  # the reader mmengine's own loads use: the run allow-list on every torch
+        from ..engine.trusted_runs import load_from_local_safely
     except ImportError:  # no mmengine: plain tensors only
         obj = load_checkpoint_file(path)
     else:
-        with trusted_run_checkpoints():
-            obj = load_checkpoint_file(path)
+        if not os.path.isfile(path):
+            raise CheckpointError(f'checkpoint file not found: {path!r}')
+        obj = load_from_local_safely(path, map_location='cpu')
     sd = _state_dict_of(obj, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))

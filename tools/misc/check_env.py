@@ -3,7 +3,7 @@
 Usage: ``python tools/misc/check_env.py [--quick] [--json]``; exit status 1 when something is broken.
 """
 from iformer_mm.cli import main_entry
-from iformer_mm.engine.stack_check import main
+from iformer_mm.env import main  # runs even where torch/timm cannot be imported
 
 if __name__ == '__main__':
     main_entry(main)
