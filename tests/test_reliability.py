@@ -284,19 +284,19 @@ def test_crafted_pickle_refused_through_timm_overlay(evil):
 
 def test_training_checkpoint_allowlist_does_not_admit_code(evil):
     """The allow-list used to resume our own runs adds data classes only: the crafted file is
-    still refused inside it."""
-    from iformer_mm.engine import trusted_run_checkpoints
+    still refused by the reader that uses it (every torch)."""
+    from iformer_mm import CheckpointError
+    from iformer_mm.engine import load_from_local_safely
     path, marker = evil
-    with trusted_run_checkpoints():
-        with pytest.raises(Exception, match='Unsupported global'):
-            torch.load(path, weights_only=True)
+    with pytest.raises(CheckpointError, match='refused by safe loading'):
+        load_from_local_safely(path)
     assert not marker.exists()
 
 
 def test_mmengine_checkpoint_objects_load_only_inside_allowlist(tmp_path):
     from mmengine.logging import HistoryBuffer
 
-    from iformer_mm.engine import trusted_run_checkpoints
+    from iformer_mm.engine import load_from_local_safely
     path = tmp_path / 'run.pth'
     buf = HistoryBuffer()
     buf.update(np.float64(0.5))
@@ -304,9 +304,8 @@ def test_mmengine_checkpoint_objects_load_only_inside_allowlist(tmp_path):
                 'state_dict': {'w': torch.ones(2)}}, path)
     with pytest.raises(Exception, match='HistoryBuffer'):
         torch.load(path, weights_only=True)
-    with trusted_run_checkpoints():
-        ck = torch.load(path, weights_only=True)
-    assert ck['message_hub']['log_scalars']['loss'].current() == 0.5
+    ck = load_from_local_safely(path)
+    assert ck['message_hub']['log_scalars']['loss'].current() == 0.5 and ck['meta']['seed'] == 3
 
 
 # --------------------------------------------------------------------------- 3. atomic writes
