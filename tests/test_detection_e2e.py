@@ -18,42 +18,18 @@ import torch
 
 pytest.importorskip('mmdet')
 
+from _configs import det_config  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 S_CONFIG = REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'
 SCALE = 256
 
-TINY_CONFIG = '''
-_base_ = {base!r}
-data_root = {root!r} + '/'
-classes = {classes!r}  # COCO's 80 (or the generated set's 3)
-metainfo = dict(classes=classes)
-scale = ({s}, {s})
+# The test's part of the tiny config (tests/_configs.py writes the data part)
+TINY_REST = '''
 model = dict(backbone=dict(init_cfg=None),  # no pretrained weights offline
              roi_head=dict(bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))),
              # score_thr 0 so the barely trained model has detections to evaluate
              test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=20)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json', metainfo=metainfo,
-                 data_prefix=dict(img='images/train2017/'), pipeline=train_pipeline, indices=4))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json', metainfo=metainfo,
-                 data_prefix=dict(img='images/val2017/'), pipeline=test_pipeline, indices={nval}))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
 # 1 epoch = 2 iterations (4 images, batch 2); no evaluation inside training unless asked
 train_cfg = dict(max_epochs=1, val_begin=99)
 default_hooks = dict(logger=dict(interval=1), visualization=dict(draw=False))
@@ -65,8 +41,8 @@ def _write_cfg(path: Path, tiny_coco_dir: Path, nval: int = 3, base: Path = S_CO
     """The tiny training config over ``base`` (any detection config) on ``tiny_coco_dir``."""
     cats = json.loads((tiny_coco_dir / 'annotations' / 'instances_train2017.json').read_text())['categories']
     classes = tuple(c['name'] for c in sorted(cats, key=lambda c: c['id']))
-    path.write_text(TINY_CONFIG.format(base=str(base), root=str(tiny_coco_dir), classes=classes,
-                                       s=SCALE, nval=nval))
+    path.write_text(det_config(base, tiny_coco_dir, classes, train_images=4, val_images=nval, scale=SCALE,
+                               flip=True, rest=TINY_REST))
     return path
 
 

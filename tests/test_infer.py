@@ -21,41 +21,17 @@ import torch
 pytest.importorskip('mmdet')
 pytest.importorskip('mmseg')
 
+from _configs import det_config, seg_config  # noqa: E402
 from _subprocess import env_with_repo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-DET_CONFIG = '''
-_base_ = {base!r}
-data_root = {root!r} + '/'
-metainfo = dict(classes={classes!r})
-scale = (128, 128)
+# The tests' parts of the tiny configs (tests/_configs.py writes the data parts)
+DET_REST = '''
 model = dict(backbone=dict(init_cfg=None, drop_path_rate=0.0),
-             roi_head=dict(bbox_head=dict(num_classes={n}), mask_head=dict(num_classes={n})),
+             roi_head=dict(bbox_head=dict(num_classes=len(classes)), mask_head=dict(num_classes=len(classes))),
              # score_thr 0: a model trained one iteration still has detections to compare
              test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=10)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=scale, keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    sampler=dict(type='InfiniteSampler', shuffle=False),
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json', metainfo=metainfo,
-                 data_prefix=dict(img='images/train2017/'), pipeline=train_pipeline, indices=2))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json', metainfo=metainfo,
-                 data_prefix=dict(img='images/val2017/'), pipeline=test_pipeline, indices=1))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1, val_interval=100)
 param_scheduler = []
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=1, save_optimizer=False),
@@ -63,34 +39,25 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, in
 log_processor = dict(by_epoch=False, window_size=1)
 '''
 
-SEG_CONFIG = '''
-_base_ = [{base!r}]
-data_root = {root!r}
-crop_size = (128, 128)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(512, 128), ratio_range=(1.0, 1.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(512, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(type='ADEFromCOCODataset', data_root=data_root, pipeline=train_pipeline, indices=2))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-    dataset=dict(type='ADEFromCOCODataset', data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+SEG_REST = '''
 model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None, drop_path_rate=0.0),
              decode_head=dict(num_classes=80))
 param_scheduler = []
 train_cfg = dict(max_iters=1, val_interval=100)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, save_optimizer=False))
 '''
+
+
+def det_text(coco_dir: Path, classes) -> str:
+    return det_config(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py', coco_dir, classes,
+                      train_images=2, val_images=1, batch_size=1, infinite_sampler=True, rest=DET_REST)
+
+
+def seg_text(ade_dir: Path) -> str:
+    return seg_config(REPO / 'configs' / 'segmentation' / 'fpn_iformer_s_ade20k_80k.py', ade_dir,
+                      train_transforms="dict(type='RandomResize', scale=(512, 128), ratio_range=(1.0, 1.0), "
+                                       "keep_ratio=True),\n    dict(type='RandomCrop', crop_size=crop_size),",
+                      train_images=2, rest=SEG_REST)
 
 
 def _run(args, timeout=900):
@@ -117,8 +84,7 @@ def det_run(tiny_coco_dir, tiny_coco_classes, tmp_path_factory):
     """Mask R-CNN iFormer-S trained one iteration by tools/train.py: (config, checkpoint, console)."""
     root = tmp_path_factory.mktemp('infer_det')
     cfg = root / 'tiny_det.py'
-    cfg.write_text(DET_CONFIG.format(base=str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'),
-                                     root=str(tiny_coco_dir), classes=tiny_coco_classes, n=len(tiny_coco_classes)))
+    cfg.write_text(det_text(tiny_coco_dir, tiny_coco_classes))
     res = _run(['tools/train.py', cfg, '--work-dir', root / 'work'])
     assert res.returncode == 0, res.log[-4000:]
     return cfg, root / 'work' / 'iter_1.pth', res
@@ -131,8 +97,7 @@ def seg_run(tiny_coco_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp('infer_seg')
     build_ade_from_coco(tiny_coco_dir, root / 'ade', overwrite=True)
     cfg = root / 'tiny_seg.py'
-    cfg.write_text(SEG_CONFIG.format(base=str(REPO / 'configs' / 'segmentation' / 'fpn_iformer_s_ade20k_80k.py'),
-                                     root=str(root / 'ade')))
+    cfg.write_text(seg_text(root / 'ade'))
     res = _run(['tools/train.py', cfg, '--work-dir', root / 'work'])
     assert res.returncode == 0, res.log[-4000:]
     return cfg, root / 'work' / 'iter_1.pth'

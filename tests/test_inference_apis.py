@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from _configs import det_config, seg_config
 from _golden import TINY_ARCH
 from _subprocess import env_with_repo, free_port
 
@@ -39,67 +40,24 @@ REPO = Path(__file__).resolve().parents[1]
 DIMS = TINY_ARCH['embed_dims']
 ARCH = dict(_delete_=True, **TINY_ARCH)  # replaces the base's arch='small'
 
-DET_CONFIG = '''
-_base_ = {base!r}
-data_root = {root!r} + '/'
-metainfo = dict(classes={classes!r})
+# The tests' parts of the tiny configs (tests/_configs.py writes the data parts)
+DET_REST = f'''
 model = dict(
-    backbone=dict(arch={arch!r}, init_cfg=None, drop_path_rate=0.0),
+    backbone=dict(arch={ARCH!r}, init_cfg=None, drop_path_rate=0.0),
     # 32-channel neck and heads: the same Mask R-CNN, small enough to train in a second
-    neck=dict(in_channels={dims!r}, out_channels=32),
+    neck=dict(in_channels={DIMS!r}, out_channels=32),
     rpn_head=dict(in_channels=32, feat_channels=32),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=32),
-        bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes={n}),
+        bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=len(classes)),
         mask_roi_extractor=dict(out_channels=32),
-        mask_head=dict(in_channels=32, conv_out_channels=32, num_classes={n})),
+        mask_head=dict(in_channels=32, conv_out_channels=32, num_classes=len(classes))),
     test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=50), rcnn=dict(score_thr=0.0, max_per_img=5)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_train2017.json', metainfo=metainfo,
-                 data_prefix=dict(img='images/train2017/'), pipeline=train_pipeline, indices={ntrain}))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, ann_file='annotations/instances_val2017.json', metainfo=metainfo,
-                 data_prefix=dict(img='images/val2017/'), pipeline=test_pipeline, indices=2))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
-test_evaluator = val_evaluator
-train_cfg = dict(max_epochs=1, val_begin=99)  # {ntrain} images, batch 2: {ntrain} // 2 iterations
+train_cfg = dict(max_epochs=1, val_begin=99)  # batch 2: an iteration per two training images
 default_hooks = dict(logger=dict(interval=1), visualization=dict(draw=False))
 '''
 
-SEG_CONFIG = '''
-_base_ = {base!r}
-data_root = {root!r}
-crop_size = (128, 128)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(512, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(type='ADEFromCOCODataset', data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-    dataset=dict(type='ADEFromCOCODataset', data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
+SEG_REST = '''
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(arch={arch!r}, init_cfg=None, drop_path_rate=0.0),
@@ -110,14 +68,18 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval={iters}))
 '''
 
 
+def det_text(coco_dir: Path, classes, train_images: int) -> str:
+    """configs/detection/mask_rcnn_iformer_s_1x.py with a tiny iFormer at 128 px (one epoch)."""
+    return det_config(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py', coco_dir, classes,
+                      train_images=train_images, val_images=2, rest=DET_REST)
+
+
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
 def det_cfg(tiny_coco_dir, tiny_coco_classes, tmp_path_factory) -> Path:
     """configs/detection/mask_rcnn_iformer_s_1x.py with a tiny iFormer at 128 px (1 iteration)."""
     path = tmp_path_factory.mktemp('det') / 'mask_rcnn_tiny.py'
-    path.write_text(DET_CONFIG.format(
-        base=str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'), root=str(tiny_coco_dir),
-        classes=tiny_coco_classes, n=len(tiny_coco_classes), arch=ARCH, dims=DIMS, ntrain=2))
+    path.write_text(det_text(tiny_coco_dir, tiny_coco_classes, train_images=2))
     return path
 
 
@@ -135,10 +97,10 @@ def write_seg_cfg(path: Path, ade_dir: Path, iters: int, sync_bn: bool) -> Path:
     ``sync_bn=False``: the decode head's SyncBN becomes BN, for mmengine's own Runner in one
     process (our tools make that switch themselves).
     """
-    path.write_text(SEG_CONFIG.format(
-        base=str(REPO / 'configs' / 'segmentation' / 'fpn_iformer_s_ade20k_80k.py'), root=str(ade_dir),
-        arch=ARCH, dims=DIMS, iters=iters,
-        bn='' if sync_bn else ", norm_cfg=dict(type='BN', requires_grad=True)"))
+    path.write_text(seg_config(
+        REPO / 'configs' / 'segmentation' / 'fpn_iformer_s_ade20k_80k.py', ade_dir,
+        rest=SEG_REST.format(arch=ARCH, dims=DIMS, iters=iters,
+                             bn='' if sync_bn else ", norm_cfg=dict(type='BN', requires_grad=True)")))
     return path
 
 
@@ -461,9 +423,7 @@ def test_apis_on_tools_train_checkpoints(det_cfg, ade_dir, tmp_path):
 def test_apis_on_dist_train_checkpoints(tiny_coco_dir, tiny_coco_classes, ade_dir, tmp_path):
     """tools/dist_train.sh CONFIG 2 (two gloo processes) on both configs; the APIs read both."""
     det = tmp_path / 'mask_rcnn_tiny_dist.py'
-    det.write_text(DET_CONFIG.format(
-        base=str(REPO / 'configs' / 'detection' / 'mask_rcnn_iformer_s_1x.py'), root=str(tiny_coco_dir),
-        classes=tiny_coco_classes, n=len(tiny_coco_classes), arch=ARCH, dims=DIMS, ntrain=4))
+    det.write_text(det_text(tiny_coco_dir, tiny_coco_classes, train_images=4))
     seg = write_seg_cfg(tmp_path / 'fpn_tiny_dist.py', ade_dir, iters=1, sync_bn=True)
     for cfg, work in ((det, 'det'), (seg, 'seg')):
         out = run_tool(['bash', str(REPO / 'tools' / 'dist_train.sh'), str(cfg), '2', '--work-dir',

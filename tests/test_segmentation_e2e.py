@@ -21,32 +21,20 @@ import torch
 from PIL import Image
 
 from iformer_mm.datagen.ade_from_coco import COCO_CLASSES, build_ade_from_coco
+from _configs import seg_config
 from _subprocess import free_port
 
 pytestmark = pytest.mark.slow
 
 METRICS_RE = re.compile(r'aAcc: ([\d.]+)\s+mIoU: ([\d.]+)\s+mAcc: ([\d.]+)')
 
-TINY_CONFIG = '''
-_base_ = [{base!r}]
-data_root = {data_root!r}
-crop_size = (128, 128)
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='RandomResize', scale=(512, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
+# The real ADE20K training augmentations at 128 px, and the test's part of the tiny config
+# (tests/_configs.py writes the data part)
+TRAIN_TRANSFORMS = """dict(type='RandomResize', scale=(512, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-# keep-ratio to a short side of 128: 4:3 photos become 128x171, as ADE20K's become 512x683
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(512, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
+    dict(type='PhotoMetricDistortion'),"""
+TINY_REST = '''
 tta_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='TestTimeAug', transforms=[
@@ -57,13 +45,6 @@ tta_pipeline = [
         [dict(type='LoadAnnotations')],
         [dict(type='PackSegInputs')]]),
 ]
-train_dataloader = dict(
-    batch_size={batch_size}, num_workers=0, persistent_workers=False,
-    dataset=dict(type='ADEFromCOCODataset', data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(
-    num_workers=0, persistent_workers=False,
-    dataset=dict(type='ADEFromCOCODataset', data_root=data_root, pipeline=test_pipeline))
-test_dataloader = val_dataloader
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(init_cfg=None),  # no ImageNet weights on CI
@@ -82,11 +63,10 @@ def ade_dir(tiny_coco_dir, tmp_path_factory) -> Path:
 
 def write_tiny_config(path: Path, repo_root: Path, base: str, data_root: Path, iters: int,
                       val_interval: Optional[int] = None, batch_size: int = 2) -> Path:
-    text = TINY_CONFIG.format(base=str(repo_root / 'configs' / 'segmentation' / base),
-                              data_root=str(data_root), iters=iters, batch_size=batch_size,
-                              val_interval=val_interval or 10 * iters,
-                              aux=(',\n    auxiliary_head=dict(num_classes=80)'
-                                   if base.startswith('upernet') else ''))
+    rest = TINY_REST.format(iters=iters, val_interval=val_interval or 10 * iters,
+                            aux=(',\n    auxiliary_head=dict(num_classes=80)' if base.startswith('upernet') else ''))
+    text = seg_config(repo_root / 'configs' / 'segmentation' / base, data_root, train_transforms=TRAIN_TRANSFORMS,
+                      batch_size=batch_size, rest=rest)
     path.write_text(text)
     return path
 
