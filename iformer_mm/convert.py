@@ -14,7 +14,6 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .compat import safe_globals
 from .models import ARCH_SETTINGS, InceptionTransformer
 from .pretrained import (CheckpointError, extract_state_dict, infer_arch, load_checkpoint_file,
                          load_state_dict_into)
@@ -50,8 +49,7 @@ def read_checkpoint(path: str, trust_pickle: bool = False) -> Any:
     from .engine.trusted_runs import trusted_globals
     _logger.warning(f'{path}: holds training state (--trust-pickle): reading it with the allow-list '
                     'argparse.Namespace + mmengine logger classes, still weights_only=True')
-    with safe_globals(trusted_globals() + [argparse.Namespace], what=os.fspath(path), error=CheckpointError):
-        return load_checkpoint_file(path)
+    return load_checkpoint_file(path, allowed=trusted_globals() + [argparse.Namespace])
 
 
 def build_reference(sd: Dict[str, torch.Tensor], num_classes: int = 0) -> InceptionTransformer:

@@ -11,26 +11,28 @@ which keys were loaded, resized, dropped, missing and unexpected, and raises
 """
 from __future__ import annotations
 
+import _compat_pickle
 import logging
 import os
 import pickle
 import re
+import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from timm.layers import resample_abs_pos_embed_nhwc
 
-from .compat import safe_globals
+from .compat import has_safe_global_aliases, safe_globals
 
 __all__ = [
     'CheckpointError', 'LoadReport', 'load_checkpoint_file', 'extract_state_dict',
     'adapt_state_dict', 'load_state_dict_into', 'load_pretrained', 'infer_arch',
     'load_timm_weights', 'mobile_iformer_safe_globals', 'load_mobile_iformer',
-    'explain_download_failure',
+    'explain_download_failure', 'torch_load_allowing',
 ]
 
 logger = logging.getLogger('iformer_mm')
@@ -76,8 +78,78 @@ def _short(keys: List[str], n: int = 12) -> str:
     return ', '.join(keys[:n]) + (f' ... (+{len(keys) - n} more)' if len(keys) > n else '')
 
 
-def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = 'cpu') -> Any:
+class _AllowListUnpickler(pickle.Unpickler):
+    """A pickle reader that resolves only the globals in :attr:`allowed` and refuses the rest.
+
+    Objects can only be made by calling what :meth:`find_class` returns, so a file built by
+    ``__reduce__`` (``posix.system``, ``builtins.eval``, ...) is refused before anything runs.
+    """
+
+    allowed: Dict[str, Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        # protocol-2 pickles (torch.save's default) write Python 2 names, e.g. __builtin__.getattr
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        obj = self.allowed.get(f'{module}.{name}')
+        if obj is None:  # worded as torch words it, so _refused names the object
+            raise pickle.UnpicklingError(
+                f'Unsupported global: GLOBAL {module}.{name} (not on the allow-list of this load)')
+        return obj
+
+
+def _allow_list_pickle_module(allowed: Sequence[Any]) -> types.ModuleType:
+    """A ``pickle_module`` for ``torch.load`` that reads with :class:`_AllowListUnpickler`.
+
+    Allowed: torch's own ``weights_only`` globals (tensor and storage rebuilding, dtypes,
+    ``OrderedDict`` ...; torch's private table, present on every supported torch), bytes from
+    protocol-2 pickles (``_codecs.encode``), and ``allowed`` (objects, or ``(object,
+    'module.name')`` pairs for an object pickled under another name).
+    """
+    import codecs
+
+    from torch import _weights_only_unpickler
+    table = dict(_weights_only_unpickler._get_allowed_globals())
+    table['_codecs.encode'] = codecs.encode
+    for g in allowed:
+        obj, name = g if isinstance(g, tuple) else (g, f'{g.__module__}.{g.__qualname__}')
+        table[name] = obj
+    unpickler = type('AllowListUnpickler', (_AllowListUnpickler,), {'allowed': table})
+    module = types.ModuleType('iformer_mm_allow_list_pickle')
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
+    module.load = lambda f, **kw: unpickler(f, **kw).load()  # type: ignore[attr-defined]
+    return module
+
+
+def torch_load_allowing(path: Union[str, os.PathLike], allowed: Sequence[Any],
+                        map_location: Any = 'cpu') -> Any:
+    """``torch.load`` that rebuilds tensors plus exactly ``allowed``, on every supported torch.
+
+    Where torch's ``weights_only`` allow-list takes ``(object, name)`` entries (2.6+):
+    ``torch.load(weights_only=True)`` inside it. On older torch (2.1-2.5, whose allow-list is
+    missing or cannot name an object under another module path, e.g. NumPy 1's
+    ``numpy.core.multiarray.scalar`` read under NumPy 2): the same list enforced by
+    :class:`_AllowListUnpickler`, given to ``torch.load`` as its ``pickle_module`` (torch then
+    calls our ``find_class`` for every global, so nothing outside the list is ever resolved).
+    Errors are torch's/pickle's (a refused global is a ``pickle.UnpicklingError`` naming it).
+    """
+    if has_safe_global_aliases():
+        with safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=False,
+                      pickle_module=_allow_list_pickle_module(allowed))
+
+
+def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Union[str, torch.device] = 'cpu',
+                         allowed: Sequence[Any] = ()) -> Any:
     """Read a checkpoint file safely (``weights_only=True``; ``.safetensors`` supported).
+
+    Args:
+        path: the file.
+        map_location: as ``torch.load``.
+        allowed: Python objects the file may hold besides tensors (e.g.
+            :func:`mobile_iformer_safe_globals`), read by :func:`torch_load_allowing` on every
+            supported torch; empty: tensors and plain containers only.
 
     Raises:
         CheckpointError: the file is missing, truncated/corrupt, or holds Python objects that
@@ -99,6 +171,8 @@ def load_checkpoint_file(path: Union[str, os.PathLike], map_location: Union[str,
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f'{path} is not a readable safetensors file ({e}); re-download it') from e
     try:
+        if allowed:
+            return torch_load_allowing(path, allowed, map_location)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise _refused(path, e) from e
@@ -390,7 +464,8 @@ def load_timm_weights(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
                       full_shapes: Mapping[str, Tuple[int, ...]],
                       filter_fn: Optional[Callable[[Dict[str, torch.Tensor], Any], Dict[str, torch.Tensor]]] = None,
                       filter_model: Optional[nn.Module] = None, strict: bool = True, use_ema: bool = True,
-                      allowed_missing: Iterable[str] = (), log: Optional[logging.Logger] = None) -> LoadReport:
+                      allowed_missing: Iterable[str] = (), log: Optional[logging.Logger] = None,
+                      allowed: Sequence[Any] = ()) -> LoadReport:
     """Load a checkpoint into a model that keeps timm's parameter names (e.g. ``TimmBackbone``).
 
     Accepted: a timm-hub / timm training file (or one of ours), the authors' original layout
@@ -410,13 +485,16 @@ def load_timm_weights(model: nn.Module, checkpoint: Union[str, os.PathLike, Mapp
         use_ema: prefer EMA weights when the checkpoint has them.
         allowed_missing: regexes of model keys that may stay at init (e.g. new output norms).
         log: where the report goes (default the package logger).
+        allowed: Python objects a checkpoint *file* may hold besides tensors
+            (:func:`load_checkpoint_file`).
 
     Raises:
         CheckpointError: unreadable file, nothing matches, another variant (shape mismatch), or
             a strict mismatch; the message lists the keys.
     """
     source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else '<state_dict>'
-    obj = load_checkpoint_file(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    obj = (load_checkpoint_file(checkpoint, allowed=allowed) if isinstance(checkpoint, (str, os.PathLike))
+           else checkpoint)
     report = LoadReport(source=source)
     target = model.state_dict()
     known = set(full_shapes) | set(target)
@@ -503,8 +581,8 @@ def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Ma
 
     Args:
         model: timm's ``iformer_*`` or :class:`~iformer_mm.models.mobile_iformer.MobileIFormer`.
-        checkpoint: a file (``weights_only=True`` with :func:`mobile_iformer_safe_globals`) or a
-            loaded checkpoint.
+        checkpoint: a file (tensors plus :func:`mobile_iformer_safe_globals`, on every supported
+            torch: :func:`torch_load_allowing`) or a loaded checkpoint.
         strict, use_ema, allowed_missing, log: as :func:`load_timm_weights` (EMA weights are
             taken when present, as timm does).
     """
@@ -512,11 +590,10 @@ def load_mobile_iformer(model: nn.Module, checkpoint: Union[str, os.PathLike, Ma
 
     full_shapes = getattr(model, 'full_shapes', None) or {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
-        what = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else 'the checkpoint'
-        with safe_globals(mobile_iformer_safe_globals(), what=what, error=CheckpointError):
-            return load_timm_weights(model, checkpoint, full_shapes=full_shapes, filter_fn=checkpoint_filter_fn,
-                                     filter_model=getattr(model, '_timm_model', model), strict=strict,
-                                     use_ema=use_ema, allowed_missing=allowed_missing, log=log)
+        return load_timm_weights(model, checkpoint, full_shapes=full_shapes, filter_fn=checkpoint_filter_fn,
+                                 filter_model=getattr(model, '_timm_model', model), strict=strict,
+                                 use_ema=use_ema, allowed_missing=allowed_missing, log=log,
+                                 allowed=mobile_iformer_safe_globals())
     except CheckpointError as e:
         if 'first checkpoint keys: blocks1.' in str(e):  # the two iFormers are easily confused
             raise CheckpointError(

@@ -328,14 +328,15 @@ def test_the_loader_refuses_every_global_outside_the_allow_list(det_runner_ckpt,
     from mmengine.logging import HistoryBuffer
 
     from iformer_mm import CheckpointError
-    from iformer_mm.engine import load_from_local_safely, trusted_runs
+    from iformer_mm import pretrained
+    from iformer_mm.engine import load_from_local_safely
     real = load_from_local_safely(det_runner_ckpt)
     files = {kind: craft(det_runner_ckpt, kind, tmp_path) for kind in CRAFTED}
     sneaky = tmp_path / 'sneaky.pth'
     torch.save(dict(real, extra=getattr(HistoryBuffer, 'update')), sneaky)
     for restricted_unpickler in (False, True):
         if restricted_unpickler:
-            monkeypatch.setattr(trusted_runs, 'has_safe_global_aliases', lambda: False)
+            monkeypatch.setattr(pretrained, 'has_safe_global_aliases', lambda: False)
         ck = load_from_local_safely(det_runner_ckpt)
         assert torch.equal(ck['state_dict']['backbone.pos_embed1'], real['state_dict']['backbone.pos_embed1'])
         hub = ck['message_hub']['log_scalars']

@@ -23,21 +23,19 @@ Pretrained backbone weights never use this allow-list: they go through
 """
 from __future__ import annotations
 
-import _compat_pickle
 import collections
 import logging
 import os
 import os.path as osp
 import pickle
-import types
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from ..compat import has_safe_global_aliases, safe_globals
-from ..pretrained import CheckpointError, explain_load_error
+from ..compat import safe_globals
+from ..pretrained import CheckpointError, explain_load_error, torch_load_allowing
 
 logger = logging.getLogger('iformer_mm')
 
@@ -101,58 +99,16 @@ TRUSTED_RUN_CHECKPOINT_GLOBALS: Tuple[str, ...] = (
 ) + tuple(f'numpy.dtypes.{n}' for n in _NUMPY_DTYPES)
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    """A pickle reader that resolves only the globals in :attr:`allowed` and refuses the rest.
-
-    Objects can only be made by calling what :meth:`find_class` returns, so a file built by
-    ``__reduce__`` (``posix.system``, ``builtins.eval``, ...) is refused before anything runs.
-    """
-
-    allowed: Dict[str, Any] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        # protocol-2 pickles (torch.save's default) write Python 2 names, e.g. __builtin__.getattr
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        obj = self.allowed.get(f'{module}.{name}')
-        if obj is None:  # worded as torch words it, so explain_load_error names the object
-            raise pickle.UnpicklingError(
-                f'Unsupported global: GLOBAL {module}.{name} (not on the allow-list of '
-                'iformer_mm/engine/trusted_runs.py)')
-        return obj
-
-
-def _allow_list_pickle_module() -> types.ModuleType:
-    """A ``pickle_module`` for ``torch.load`` that reads with :class:`_AllowListUnpickler`.
-
-    Allowed: torch's own ``weights_only`` globals (tensor and storage rebuilding, dtypes,
-    ``OrderedDict`` ...; torch's private table, present on every torch that takes this path),
-    bytes from protocol-2 pickles (``_codecs.encode``), and :func:`trusted_globals`.
-    """
-    import codecs
-
-    from torch import _weights_only_unpickler
-    allowed = dict(_weights_only_unpickler._get_allowed_globals())
-    allowed['_codecs.encode'] = codecs.encode
-    for g in trusted_globals():
-        obj, name = g if isinstance(g, tuple) else (g, f'{g.__module__}.{g.__qualname__}')
-        allowed[name] = obj
-    unpickler = type('AllowListUnpickler', (_AllowListUnpickler,), {'allowed': allowed})
-    module = types.ModuleType('iformer_mm_allow_list_pickle')
-    module.Unpickler = unpickler  # type: ignore[attr-defined]
-    module.load = lambda f, **kw: unpickler(f, **kw).load()  # type: ignore[attr-defined]
-    return module
-
-
 def load_from_local_safely(filename: Union[str, os.PathLike], map_location: Any = None) -> Any:
     """Read a local checkpoint: tensors, plain containers and :func:`trusted_globals`, nothing else.
 
     The loader ``import iformer_mm`` registers for mmengine's local files (same signature and
-    ``FileNotFoundError`` as mmengine's ``load_from_local``). On a torch whose ``weights_only``
+    ``FileNotFoundError`` as mmengine's ``load_from_local``), reading with
+    :func:`iformer_mm.pretrained.torch_load_allowing`: on a torch whose ``weights_only``
     allow-list takes ``(object, name)`` entries (2.6+), ``torch.load(weights_only=True)`` with
-    :func:`trusted_globals`; on older torch (2.1-2.5) the same allow-list enforced by
-    :class:`_AllowListUnpickler` (given to ``torch.load`` as its ``pickle_module``: torch then
-    calls our ``find_class`` for every global, so nothing outside the list is ever resolved).
+    :func:`trusted_globals`; on older torch (2.1-2.5) the same allow-list enforced by a
+    restricted unpickler (given to ``torch.load`` as its ``pickle_module``: torch then calls its
+    ``find_class`` for every global, so nothing outside the list is ever resolved).
 
     Raises:
         FileNotFoundError: no such file.
@@ -163,11 +119,7 @@ def load_from_local_safely(filename: Union[str, os.PathLike], map_location: Any 
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     try:
-        if has_safe_global_aliases():
-            with safe_globals(trusted_globals(), what=filename, error=CheckpointError):
-                return torch.load(filename, map_location=map_location, weights_only=True)
-        return torch.load(filename, map_location=map_location, weights_only=False,
-                          pickle_module=_allow_list_pickle_module())
+        return torch_load_allowing(filename, trusted_globals(), map_location)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
         if isinstance(e, CheckpointError):
             raise
