@@ -228,10 +228,16 @@ def test_windows_off_equals_timm_classifier_stages(cases, authors_sd):
 
 
 # ------------------------------------------------------------------ checkpoint formats
-def test_authors_file_needs_the_allow_list_and_loads_strictly_with_it(authors_sd, tmp_path):
+@pytest.mark.parametrize('restricted_unpickler', [False, True])
+def test_authors_file_needs_the_allow_list_and_loads_strictly_with_it(authors_sd, tmp_path, monkeypatch,
+                                                                      restricted_unpickler):
     """Plain torch.load(weights_only=True) refuses the authors' file (Namespace, NumPy
     scalars); our loader allows exactly those, under NumPy 1.x's and NumPy 2's module names,
-    for the usual scalar types, on every supported torch."""
+    for the usual scalar types, on every supported torch (``restricted_unpickler``: the path
+    torch 2.1-2.5 take, forced on this torch)."""
+    from iformer_mm import pretrained
+    if restricted_unpickler:
+        monkeypatch.setattr(pretrained, 'has_safe_global_aliases', lambda: False)
     sd = authors_sd('m', 'cls')
     for numpy1 in (False, True):
         path = save_authors_cls_file(tmp_path / f'iFormer_m_{numpy1}.pth', sd, numpy1_names=numpy1)
@@ -248,8 +254,12 @@ def test_authors_file_needs_the_allow_list_and_loads_strictly_with_it(authors_sd
     assert ck['stats'] == scalars
 
 
-def test_crafted_pickle_is_still_refused(tmp_path):
+@pytest.mark.parametrize('restricted_unpickler', [False, True])
+def test_crafted_pickle_is_still_refused(tmp_path, monkeypatch, restricted_unpickler):
     """A file whose pickle would run a command is refused with a clear error; nothing runs."""
+    from iformer_mm import pretrained
+    if restricted_unpickler:
+        monkeypatch.setattr(pretrained, 'has_safe_global_aliases', lambda: False)
     marker = tmp_path / 'pwned'
 
     class Payload:
