@@ -75,10 +75,15 @@ def is_graph_capture() -> bool:
 
 
 def has_onnx_dynamo_exporter() -> bool:
-    """Whether ``torch.onnx.export`` takes ``dynamo=True`` (the ``torch.export``-based exporter,
-    torch >= 2.5); older torch has only the TorchScript-based one."""
+    """Whether ``torch.onnx.export`` has the ``torch.export``-based exporter with what
+    :mod:`iformer_mm.deploy.onnx` asks of it: ``dynamo=True``, ``optimize=`` and symbolic sizes
+    through ``torch.export.Dim.DYNAMIC`` (torch >= 2.6). torch 2.5 has a first ``dynamo=True``
+    without the other two (it ignores ``optimize``; ``Dim`` is a function there); older torch
+    has only the TorchScript-based exporter."""
     import inspect
-    return 'dynamo' in inspect.signature(torch.onnx.export).parameters
+    params = inspect.signature(torch.onnx.export).parameters
+    dim = getattr(getattr(torch, 'export', None), 'Dim', None)
+    return 'dynamo' in params and 'optimize' in params and hasattr(dim, 'DYNAMIC')
 
 
 # ----------------------------------------------------------------------------- autocast

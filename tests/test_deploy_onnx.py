@@ -21,7 +21,7 @@ pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from iformer_mm import CheckpointError, load_pretrained  # noqa: E402
+from iformer_mm import CheckpointError, compat, load_pretrained  # noqa: E402
 from iformer_mm.cli import run_cli  # noqa: E402
 from iformer_mm.deploy import onnx as dep  # noqa: E402
 from iformer_mm.models import InceptionTransformer  # noqa: E402
@@ -31,6 +31,10 @@ from _golden import TINY_ARCH, case_input, load_cases, make_state_dict, rel_err 
 from _subprocess import env_with_repo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# The exporter the tool uses is torch >= 2.6's (iformer_mm.compat.has_onnx_dynamo_exporter); on an
+# older torch what runs is the one line that says so (test_torch_without_the_exporter_...).
+needs_exporter = pytest.mark.skipif(not compat.has_onnx_dynamo_exporter(), reason=(
+    f'torch {torch.__version__} lacks the ONNX exporter the tool uses (torch >= 2.6)'))
 TOL = 1e-4  # max |ORT - PyTorch| / max |PyTorch|, fp32
 
 
@@ -64,6 +68,7 @@ def _one_line_error(exc: SystemExit) -> str:
 
 
 # ------------------------------------------------------------------ fast: tiny iFormer
+@needs_exporter
 def test_tiny_classifier_exports_dynamic_and_matches_golden(golden_dir, tmp_path):
     """One --dynamic export runs both tiny golden cases (2x64x64 and 2x72x100) in ONNX Runtime
     within 1e-4 of the golden logits, and a batch of one at a third size matches PyTorch."""
@@ -78,6 +83,7 @@ def test_tiny_classifier_exports_dynamic_and_matches_golden(golden_dir, tmp_path
     assert errs['logits'] <= TOL
 
 
+@needs_exporter
 def test_cpu_kernels_never_reach_the_graph(golden_dir, tmp_path, monkeypatch):
     """The kernels of iformer_mm.ops run in eager fp32 on CPU (impl='auto'), but not while
     exporting: with the kernels made to raise, impl='auto' still exports, to the same ops as
@@ -106,6 +112,7 @@ def test_cpu_kernels_never_reach_the_graph(golden_dir, tmp_path, monkeypatch):
     assert not {'Loop', 'If', 'Scan'} & set(auto.op_types)
 
 
+@needs_exporter
 def test_backbone_out_indices_subset_exports(golden_dir, tmp_path):
     """An mm backbone with out_indices=(1, 3) exports its two maps (dynamic), equal to PyTorch."""
     backbone = IFormer(arch=TINY_ARCH, out_indices=(1, 3)).eval()
@@ -120,6 +127,7 @@ def test_backbone_out_indices_subset_exports(golden_dir, tmp_path):
     assert max(rel_err(o, r) for o, r in zip(outs, ref)) <= TOL
 
 
+@needs_exporter
 def test_folded_preprocessing_and_argmax_equal_mmsegs_own_path(tmp_path):
     """--fold-preprocess --argmax (FPN + PoolFormer-S12, --dynamic): raw BGR pixels in, the label
     map out, equal to mmseg's data preprocessor + encode_decode + argmax at another size."""
@@ -138,6 +146,7 @@ def test_folded_preprocessing_and_argmax_equal_mmsegs_own_path(tmp_path):
 
 
 # ------------------------------------------------------------------ fast: bad input, one line each
+@needs_exporter
 def test_opset_that_lacks_an_op_names_it(golden_dir, tmp_path):
     with pytest.raises(dep.ExportError, match=r'--opset 13 lacks .*LayerNormalization \(opset 17\)'):
         dep.export_onnx(_tiny_classifier(golden_dir), str(tmp_path / 'x.onnx'), (1, 3, 64, 64), opset=13)
@@ -146,11 +155,12 @@ def test_opset_that_lacks_an_op_names_it(golden_dir, tmp_path):
 
 
 def test_torch_without_the_exporter_gets_one_line(golden_dir, tmp_path, monkeypatch):
-    """torch < 2.5 (no ``dynamo=`` argument): the export stops with the reason, before tracing."""
+    """torch < 2.6 (no ``dynamo=`` argument before 2.5; no ``optimize=`` nor ``Dim.DYNAMIC`` in 2.5):
+    the export stops with the reason, before tracing."""
     def old_export(model, args, f, export_params=True, verbose=False, opset_version=None):
         raise AssertionError('must not be called')
     monkeypatch.setattr(torch.onnx, 'export', old_export)
-    with pytest.raises(dep.ExportError, match=r'has no torch.onnx.export\(dynamo=True\) \(added in torch 2.5\)'):
+    with pytest.raises(dep.ExportError, match=r'lacks the torch.onnx.export\(dynamo=True\) this tool uses \(torch >= 2.6'):
         dep.export_onnx(_tiny_classifier(golden_dir), str(tmp_path / 'x.onnx'), (1, 3, 64, 64))
 
 
@@ -176,6 +186,7 @@ def test_config_that_cannot_export_gets_one_line(tmp_path):
     assert 'CascadeEncoderDecoder' in _one_line_error(e.value) and 'cannot export' in str(e.value.code)
 
 
+@needs_exporter
 def test_onnx_test_refuses_a_classifier_file(golden_dir, tmp_path):
     res = dep.export_onnx(_tiny_classifier(golden_dir), str(tmp_path / 'cls.onnx'), (1, 3, 64, 64))
     cfg = REPO / 'configs' / 'segmentation' / 'fpn_iformer_s_demo.py'
@@ -185,6 +196,7 @@ def test_onnx_test_refuses_a_classifier_file(golden_dir, tmp_path):
 
 
 # ------------------------------------------------------------------ slow: full-size classifiers
+@needs_exporter
 @pytest.mark.slow
 def test_iformer_small_classifier_matches_golden_at_two_sizes(golden_dir, tmp_path):
     """iFormer-S (the spec's weights) exported once with --dynamic: both golden cases, 224x224
@@ -197,6 +209,7 @@ def test_iformer_small_classifier_matches_golden_at_two_sizes(golden_dir, tmp_pa
         assert rel_err(dep.run_onnx(session, case_input(case))[0], case['logits']) <= TOL, case['name']
 
 
+@needs_exporter
 @pytest.mark.slow
 @pytest.mark.parametrize('arch', ['t', 'm'])
 def test_mobile_iformer_classifier_matches_golden(arch, tmp_path):
@@ -220,6 +233,7 @@ def test_mobile_iformer_classifier_matches_golden(arch, tmp_path):
     assert rel_err(out, case['logits']) <= TOL
 
 
+@needs_exporter
 @pytest.mark.slow
 def test_windowed_mobile_iformer_m_backbone_matches_golden(tmp_path):
     """The dense M backbone (windowed stage 3) exported once with --dynamic equals the authors'
@@ -243,6 +257,7 @@ def test_windowed_mobile_iformer_m_backbone_matches_golden(tmp_path):
 
 
 # ------------------------------------------------------------------ slow: detector features
+@needs_exporter
 @pytest.mark.slow
 def test_detector_backbone_and_neck_export_and_agree(tmp_path):
     """Mask R-CNN + iFormer-S: backbone + FPN (5 maps) exported with --dynamic by the tool,
@@ -268,6 +283,7 @@ def ade_dir(tiny_coco_dir, tmp_path_factory) -> Path:
     return out
 
 
+@needs_exporter
 @pytest.mark.slow
 @pytest.mark.parametrize('base', SEGMENTORS)
 def test_exported_segmentor_matches_pytorch_and_scores_the_same(base, repo_root, ade_dir, tmp_path):

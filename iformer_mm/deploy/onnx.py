@@ -14,8 +14,9 @@ What is exported, from a config (or a timm model name for classifiers):
 
 The dynamo exporter (``torch.onnx.export(dynamo=True)``, i.e. ``torch.export``) is used: it
 records ATen ops with symbolic shapes, so ``dynamic=True`` graphs follow the input size, and
-its graphs are about 2.6x smaller than the TorchScript exporter's (docs/deploy.md). It exists
-from torch 2.5; older torches get one line saying so. The kernels of :mod:`iformer_mm.ops`
+its graphs are about 2.6x smaller than the TorchScript exporter's (docs/deploy.md). What is used
+here exists from torch 2.6 (2.5's first version lacks ``optimize=`` and ``Dim.DYNAMIC``); older
+torches get one line saying so. The kernels of :mod:`iformer_mm.ops`
 never run while exporting (``ops/dispatch.py``: ``is_graph_capture``), so the graph holds the
 reference modules only.
 """
@@ -85,8 +86,8 @@ def require_deploy_packages() -> None:
 def exporter_available() -> Optional[str]:
     """``None`` when this torch has the dynamo ONNX exporter, else the reason (one line)."""
     if not compat.has_onnx_dynamo_exporter():
-        return (f'torch {torch.__version__} has no torch.onnx.export(dynamo=True) (added in torch 2.5); '
-                'ONNX export here uses it: upgrade torch (the project is tested with 2.13) to export')
+        return (f'torch {torch.__version__} lacks the torch.onnx.export(dynamo=True) this tool uses (torch >= 2.6: '
+                'optimize=, torch.export.Dim.DYNAMIC); upgrade torch (the project is tested with 2.13) to export')
     return None
 
 
