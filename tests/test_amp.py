@@ -129,7 +129,7 @@ def test_train_and_test_tools_with_amp_bf16(tiny_coco_dir, tmp_path):
     from mmengine.runner import Runner
     after = Config.fromfile(str(cfg))
     after.work_dir = str(tmp_path / 'after')
-    assert Runner.from_cfg(after).visualizer._vis_backends['LocalVisBackend']._save_dir.startswith(after.work_dir)
+    assert Runner.from_cfg(after).visualizer.get_backend('LocalVisBackend')._save_dir.startswith(after.work_dir)
 
 
 def test_kernels_equal_the_reference_under_bf16_autocast_forward_and_backward():

@@ -21,7 +21,7 @@ pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 pytest.importorskip('onnxscript')
 
-from iformer_mm import CheckpointError, compat, load_pretrained  # noqa: E402
+from iformer_mm import compat, load_pretrained  # noqa: E402
 from iformer_mm.cli import run_cli  # noqa: E402
 from iformer_mm.deploy import onnx as dep  # noqa: E402
 from iformer_mm.models import InceptionTransformer  # noqa: E402
